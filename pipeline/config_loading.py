@@ -1,0 +1,94 @@
+"""Typed, validated loading of plain YAML/JSON data into frozen dataclasses.
+
+Every params section is a frozen dataclass. `build(cls, data, where)` checks each key
+against the dataclass fields and each value against the field's type annotation (ints,
+floats, bools, strings, Literal choices, Optional, tuples, dicts and nested dataclasses),
+and stops with a `ConfigError` naming the full key (e.g. `params.yaml: distill.lr`) and
+what was expected. Nothing is coerced silently, except ints where floats are expected and
+lists where tuples are expected (YAML has no tuples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A params value is unknown, missing or of the wrong type; the message names the key."""
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Create dataclass `cls` from a mapping, validating every key; `where` prefixes errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = _convert(hints[name], data[name], f"{where}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}: required key is missing")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:  # __post_init__ checks across fields
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _convert(annotation: Any, value: Any, where: str) -> Any:
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value, where)
+    if origin is Literal:
+        allowed = get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{where}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {annotation}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = get_args(annotation)
+        return {_convert(key_type, k, where): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation in (int, str, bool):
+        if type(value) is not annotation:
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a bug in a config class

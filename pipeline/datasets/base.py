@@ -1,0 +1,99 @@
+"""The scan record every dataset reader yields, and the checks all readers share.
+
+Nothing downstream of a reader knows which dataset it reads: a scan is points, optional
+labels in the evaluation label space, and the calibrated cameras that saw it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IGNORE_LABEL = 255
+
+
+class DatasetError(ValueError):
+    """Bad dataset input. The message always names the offending file and the problem."""
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """One calibrated image of a scan.
+
+    `lidar_to_camera` maps homogeneous points from the lidar frame at the lidar timestamp
+    to the camera frame at the image timestamp (x right, y down, z forward), so ego motion
+    between the two timestamps is already accounted for.
+    """
+
+    name: str
+    image_path: Path
+    intrinsics: np.ndarray  # (3, 3) float64
+    lidar_to_camera: np.ndarray  # (4, 4) float64
+    width: int
+    height: int
+
+
+@dataclass
+class ScanRecord:
+    """One lidar scan.
+
+    points: float32 (N, 4) x, y, z, intensity in the lidar frame.
+    labels: int64 (N,) evaluation labels (IGNORE_LABEL = 255), or None when unlabelled.
+    cameras: the calibrated cameras of the scan (possibly empty).
+    scan_id: a stable key (nuScenes: the lidar sample_data token; KITTI: "seq/frame").
+    dropped_points: how many raw points were removed as non-finite (always reported).
+    """
+
+    scan_id: str
+    points: np.ndarray
+    labels: np.ndarray | None
+    cameras: list[CameraView] = field(default_factory=list)
+    dropped_points: int = 0
+
+
+def read_float32_records(path: Path, values_per_point: int) -> np.ndarray:
+    """Read a flat float32 point file as (N, values_per_point), checking its size."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: point file is missing")
+    size = path.stat().st_size
+    record = 4 * values_per_point
+    if size % record:
+        raise DatasetError(
+            f"{path}: size {size} bytes is not a multiple of the {record}-byte record "
+            f"({values_per_point} float32 values per point); the file is truncated or of another format"
+        )
+    return np.fromfile(path, dtype=np.float32).reshape(-1, values_per_point)
+
+
+def check_label_count(path: Path, labels: np.ndarray, point_count: int) -> None:
+    if len(labels) != point_count:
+        raise DatasetError(
+            f"{path}: holds {len(labels)} labels but its point file holds {point_count} points"
+        )
+
+
+def check_image_exists(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: camera image is missing")
+    return path
+
+
+def drop_non_finite(
+    scan_id: str, points: np.ndarray, labels: np.ndarray | None, source: Path
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Remove points with NaN or inf coordinates, counting and logging every drop."""
+    finite = np.isfinite(points).all(axis=1)
+    dropped = int((~finite).sum())
+    if dropped:
+        log.warning("%s: dropped %d of %d points with NaN/inf values (scan %s)",
+                    source, dropped, len(points), scan_id)
+        points = points[finite]
+        labels = None if labels is None else labels[finite]
+    return points, labels, dropped

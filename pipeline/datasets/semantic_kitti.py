@@ -1,0 +1,125 @@
+"""SemanticKITTI reader: the documented file format, no third-party dataset package.
+
+Layout: `<root>/sequences/<NN>/{velodyne/*.bin, labels/*.label, image_2/*.png, calib.txt}`.
+Points are float32 x, y, z, remission; labels are uint32 with the semantic id in the low
+16 bits (the high 16 bits are the instance id). The camera is image_2, projected with
+P2 * Tr from calib.txt. Splits come from `<root>/splits.json` when present (the demo world
+ships one), else the official sequence lists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.datasets.base import (
+    CameraView,
+    DatasetError,
+    ScanRecord,
+    check_image_exists,
+    check_label_count,
+    drop_non_finite,
+    read_float32_records,
+)
+from pipeline.datasets.label_map import LabelMap, semantic_kitti_label_map
+
+OFFICIAL_SPLITS = {
+    "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
+    "val": ["08"],
+    "test": [f"{i:02d}" for i in range(11, 22)],
+}
+
+
+def read_calib(path: Path) -> dict[str, np.ndarray]:
+    """Parse a KITTI calib.txt into 3x4 matrices keyed by name (P0..P3, Tr)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: calibration file is missing")
+    calib = {}
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, _, values = line.partition(":")
+        try:
+            calib[key.strip()] = np.array(values.split(), dtype=np.float64).reshape(3, 4)
+        except ValueError:
+            raise DatasetError(f"{path}:{line_number}: expected 12 numbers after {key.strip()!r}") from None
+    for key in ("P2", "Tr"):
+        if key not in calib:
+            raise DatasetError(f"{path}: no {key} matrix")
+    return calib
+
+
+def camera_from_calib(calib: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Split P2 * Tr into intrinsics K and a 4x4 lidar -> camera transform.
+
+    P2 = K [I | t] (t is the stereo baseline offset of camera 2 from the rectified camera 0),
+    so pixel = K ([I | t] Tr point) and lidar_to_camera = [I | t] Tr.
+    """
+    projection = calib["P2"]
+    intrinsics = projection[:, :3]
+    offset = np.linalg.solve(intrinsics, projection[:, 3])
+    lidar_to_rect = np.eye(4)
+    lidar_to_rect[:3, :] = calib["Tr"]
+    shift = np.eye(4)
+    shift[:3, 3] = offset
+    return intrinsics, shift @ lidar_to_rect
+
+
+class SemanticKittiReader:
+    """Scan records of one split of a SemanticKITTI-format dataset."""
+
+    def __init__(self, root: Path | str, split: str, label_map: LabelMap | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.label_map = label_map or semantic_kitti_label_map()
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: SemanticKITTI dataset root does not exist")
+        sequences_dir = self.root / "sequences"
+        if not sequences_dir.is_dir():
+            raise DatasetError(f"{sequences_dir}: SemanticKITTI sequences folder is missing")
+        self.scan_ids: list[str] = []
+        self._camera: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for sequence in self._split_sequences():
+            velodyne = sequences_dir / sequence / "velodyne"
+            if not velodyne.is_dir():
+                raise DatasetError(f"{velodyne}: sequence folder of split {split!r} is missing")
+            self._camera[sequence] = camera_from_calib(read_calib(sequences_dir / sequence / "calib.txt"))
+            self.scan_ids += [f"{sequence}/{p.stem}" for p in sorted(velodyne.glob("*.bin"))]
+        if not self.scan_ids:
+            raise DatasetError(f"{sequences_dir}: split {split!r} selects no scan")
+
+    def _split_sequences(self) -> list[str]:
+        split_file = self.root / "splits.json"
+        splits = json.loads(split_file.read_text()) if split_file.is_file() else OFFICIAL_SPLITS
+        if self.split not in splits:
+            raise DatasetError(f"{split_file}: no split {self.split!r} (has {sorted(splits)})")
+        return list(splits[self.split])
+
+    def __len__(self) -> int:
+        return len(self.scan_ids)
+
+    def __iter__(self):
+        for scan_id in self.scan_ids:
+            yield self.read(scan_id)
+
+    def read(self, scan_id: str) -> ScanRecord:
+        sequence, frame = scan_id.split("/")
+        folder = self.root / "sequences" / sequence
+        point_path = folder / "velodyne" / f"{frame}.bin"
+        points = read_float32_records(point_path, 4)
+        labels = None
+        label_path = folder / "labels" / f"{frame}.label"
+        if label_path.is_file():
+            raw = np.fromfile(label_path, dtype=np.uint32)
+            check_label_count(label_path, raw, len(points))
+            labels = self.label_map(raw & 0xFFFF, label_path).astype(np.int64)
+        points, labels, dropped = drop_non_finite(scan_id, points, labels, point_path)
+        image_path = check_image_exists(folder / "image_2" / f"{frame}.png")
+        with Image.open(image_path) as image:  # reads the header only
+            width, height = image.size
+        intrinsics, lidar_to_camera = self._camera[sequence]
+        camera = CameraView("image_2", image_path, intrinsics, lidar_to_camera, width, height)
+        return ScanRecord(scan_id, points, labels, [camera], dropped)
