@@ -77,3 +77,66 @@ def save_scan_preview(record: ScanRecord, class_names: Sequence[str], out_path: 
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
     return out_path
+
+
+def save_iou_bars(class_names: Sequence[str], series: dict[str, np.ndarray], out_path: Path, title: str) -> Path:
+    """Grouped bars of per-class IoU, one group per class, one bar per result (e.g. 3D, 2D)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names) + 2), 4))
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(class_names))
+    for i, (name, values) in enumerate(series.items()):
+        shown = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+        ax.bar(positions + (i - (len(series) - 1) / 2) * width, shown, width, label=name)
+    ax.set_xticks(positions, class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def save_confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], out_path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction); empty rows stay blank."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = confusion.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(rows > 0, confusion / rows, np.nan)
+    fig, ax = plt.subplots(figsize=(0.45 * len(class_names) + 3, 0.45 * len(class_names) + 2))
+    image = ax.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return Path(out_path)
+
+
+def save_prediction_bev(
+    xyz: np.ndarray, prediction: np.ndarray, truth: np.ndarray, class_names: Sequence[str], out_path: Path, title: str
+) -> Path:
+    """Bird's-eye views side by side: truth, prediction, and the errors in red."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    draw_bev(axes[0], xyz, truth, title="ground truth")
+    draw_bev(axes[1], xyz, prediction, title="prediction")
+    evaluated = truth != IGNORE_LABEL
+    wrong = evaluated & (prediction != truth)
+    axes[2].scatter(xyz[~wrong, 0], xyz[~wrong, 1], c="0.8", s=0.3, linewidths=0)
+    axes[2].scatter(xyz[wrong, 0], xyz[wrong, 1], c="red", s=0.6, linewidths=0)
+    axes[2].set_xlim(axes[0].get_xlim())
+    axes[2].set_ylim(axes[0].get_ylim())
+    axes[2].set_aspect("equal")
+    share = wrong.sum() / max(evaluated.sum(), 1)
+    axes[2].set_title(f"errors in red ({100 * share:.1f}% of labelled points)", fontsize=9)
+    fig.legend(handles=legend_handles(np.concatenate([truth, prediction]), class_names),
+               loc="lower center", ncol=8, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+    return Path(out_path)

@@ -1,0 +1,137 @@
+"""2D-to-3D assignments: which teacher pixel and patch each lidar point is taught by.
+
+For one scan, every point is projected into every camera (`geometry.project_to_cameras`);
+a point seen by several cameras keeps one of them at random (seeded per scan, as ScaLR+ and
+DITR do). The pixel is rescaled to the teacher's input size, and the teacher feature of the
+point is then either the patch at floor(pixel / patch) ("patch", DITR) or the bilinear
+x patch-size upsampled feature at the pixel ("pixel", ScaLR+). Both are expressed as four
+taps into the patch grid with weights, so one storage layout serves both modes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pipeline.datasets.base import ScanRecord
+from pipeline.geometry import project_to_cameras
+from pipeline.teacher import _bilinear_taps
+
+AssignmentMode = Literal["pixel", "patch"]
+
+
+def scan_rng(seed: int, scan_id: str) -> np.random.Generator:
+    """A generator that depends only on (seed, scan id): the same draw whatever the sharding."""
+    digest = hashlib.sha256(f"{seed}:{scan_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass(frozen=True)
+class ScanAssignments:
+    """One camera pixel per assigned point of a scan (unassigned points are absent).
+
+    point_index: int32 (A,) sorted; camera: uint8 (A,) index into the scan's cameras;
+    pixel: uint16 (A, 2) integer (u, v) in the teacher's input image;
+    patch: uint16 (A, 2) (row, col) in the teacher's patch grid.
+    """
+
+    point_index: np.ndarray
+    camera: np.ndarray
+    pixel: np.ndarray
+    patch: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.point_index)
+
+
+def assign_points(
+    record: ScanRecord,
+    input_size: tuple[int, int],
+    patch_size: int,
+    min_depth: float,
+    rng: np.random.Generator,
+) -> ScanAssignments:
+    """Keep one random camera for every point some camera sees, and its teacher pixel."""
+    pairs = project_to_cameras(record.points[:, :3], record.cameras, min_depth=min_depth)
+    # Random order among the pairs of a point, then the first pair of each point wins.
+    order = np.lexsort((rng.random(len(pairs)), pairs.point_index))
+    point_sorted = pairs.point_index[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = point_sorted[1:] != point_sorted[:-1]
+    chosen = pairs.take(order[first])
+    input_height, input_width = input_size
+    widths = np.array([c.width for c in record.cameras], dtype=np.float64)[chosen.camera_index]
+    heights = np.array([c.height for c in record.cameras], dtype=np.float64)[chosen.camera_index]
+    # The pixel holding the point, rescaled to the teacher input (ScaLR+: floor, then rescale).
+    u = np.floor(np.floor(chosen.pixel[:, 0]) * input_width / widths).astype(np.int64)
+    v = np.floor(np.floor(chosen.pixel[:, 1]) * input_height / heights).astype(np.int64)
+    u = np.clip(u, 0, input_width - 1)
+    v = np.clip(v, 0, input_height - 1)
+    return ScanAssignments(
+        point_index=chosen.point_index.astype(np.int32),
+        camera=chosen.camera_index.astype(np.uint8),
+        pixel=np.stack([u, v], axis=1).astype(np.uint16),
+        patch=np.stack([v // patch_size, u // patch_size], axis=1).astype(np.uint16),
+    )
+
+
+@dataclass(frozen=True)
+class PatchTaps:
+    """Teacher feature of each assignment = sum_k weight[:, k] * feature of patch[:, k].
+
+    patch: int64 (A, 4) flat patch id camera * h * w + row * w + col; weight: float32 (A, 4).
+    """
+
+    patch: np.ndarray
+    weight: np.ndarray
+
+
+def patch_taps(
+    assignments: ScanAssignments, grid: tuple[int, int], patch_size: int, mode: AssignmentMode
+) -> PatchTaps:
+    """The four patch taps of each assignment for either mode (see the module doc)."""
+    h, w = grid
+    base = assignments.camera.astype(np.int64) * h * w
+    if mode == "patch":
+        flat = base + assignments.patch[:, 0].astype(np.int64) * w + assignments.patch[:, 1]
+        weight = np.zeros((len(flat), 4), dtype=np.float32)
+        weight[:, 0] = 1.0
+        return PatchTaps(np.repeat(flat[:, None], 4, axis=1), weight)
+    u = torch.as_tensor(assignments.pixel[:, 0].astype(np.int64))
+    v = torch.as_tensor(assignments.pixel[:, 1].astype(np.int64))
+    y0, y1, wy = (t.numpy() for t in _bilinear_taps(v, h * patch_size, h))
+    x0, x1, wx = (t.numpy() for t in _bilinear_taps(u, w * patch_size, w))
+    patch = np.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], axis=1) + base[:, None]
+    weight = np.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=1)
+    return PatchTaps(patch, weight.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class NeededPatches:
+    """The patches a scan's assignments read, and each assignment's taps into them.
+
+    patch_id: int64 (U,) sorted unique flat patch ids (see `PatchTaps`);
+    tap: int32 (A, 4) rows into `patch_id`; weight: float32 (A, 4).
+    """
+
+    patch_id: np.ndarray
+    tap: np.ndarray
+    weight: np.ndarray
+
+    def cameras(self, grid: tuple[int, int]) -> np.ndarray:
+        """The cameras whose images hold at least one needed patch."""
+        return np.unique(self.patch_id // (grid[0] * grid[1]))
+
+
+def needed_patches(taps: PatchTaps) -> NeededPatches:
+    patch_id, inverse = np.unique(taps.patch, return_inverse=True)
+    return NeededPatches(patch_id, inverse.reshape(taps.patch.shape).astype(np.int32), taps.weight)
+
+
+def combine_taps(features: torch.Tensor, tap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Teacher target of each assignment: (A, D) = sum over its 4 taps of weight * feature."""
+    return (features[tap.long()].float() * weight.float().unsqueeze(-1)).sum(dim=1)

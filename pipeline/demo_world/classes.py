@@ -1,0 +1,155 @@
+"""The demo world's class table: one row per kind of surface the generator builds.
+
+Every row ties together everything that is known about a class:
+
+* its raw label in each real format it is written in (nuScenes lidarseg index and
+  SemanticKITTI raw id), so the same world can be read through both real readers;
+* its appearance in the cameras (a base colour, a second colour and a procedural
+  texture of the hit point's world coordinates, see `appearance.py`);
+* its lidar intensity (0..255, nuScenes style; SemanticKITTI remission is intensity/255).
+
+Colours are chosen to be far apart from each other so that even a randomly initialised
+vision transformer separates the classes. The table is the single source of truth that
+the procedural prototype generator and the project vocabulary reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# The 32 nuScenes-lidarseg categories, in `index` order (category.json of nuScenes-lidarseg).
+NUSCENES_LIDARSEG_CATEGORIES: tuple[str, ...] = (
+    "noise",
+    "animal",
+    "human.pedestrian.adult",
+    "human.pedestrian.child",
+    "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility",
+    "human.pedestrian.police_officer",
+    "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair",
+    "movable_object.barrier",
+    "movable_object.debris",
+    "movable_object.pushable_pullable",
+    "movable_object.trafficcone",
+    "static_object.bicycle_rack",
+    "vehicle.bicycle",
+    "vehicle.bus.bendy",
+    "vehicle.bus.rigid",
+    "vehicle.car",
+    "vehicle.construction",
+    "vehicle.emergency.ambulance",
+    "vehicle.emergency.police",
+    "vehicle.motorcycle",
+    "vehicle.trailer",
+    "vehicle.truck",
+    "flat.driveable_surface",
+    "flat.other",
+    "flat.sidewalk",
+    "flat.terrain",
+    "static.manmade",
+    "static.other",
+    "static.vegetation",
+    "vehicle.ego",
+)
+
+# Labels of the spurious lidar returns (dust, multi-path) the simulator adds.
+NUSCENES_NOISE_INDEX = 0
+KITTI_OUTLIER_ID = 1
+# "Nothing was hit" in the truth images.
+NUSCENES_TRUTH_NOTHING = 255
+KITTI_TRUTH_NOTHING = 0
+
+# SemanticKITTI raw ids used by the demo world, with their official names.
+KITTI_RAW_NAMES: dict[int, str] = {
+    0: "unlabeled",
+    1: "outlier",
+    10: "car",
+    11: "bicycle",
+    13: "bus",
+    18: "truck",
+    30: "person",
+    40: "road",
+    48: "sidewalk",
+    50: "building",
+    51: "fence",
+    70: "vegetation",
+    71: "trunk",
+    72: "terrain",
+    80: "pole",
+    99: "other-object",
+}
+
+
+@dataclass(frozen=True)
+class DemoClass:
+    """One class of the demo world.
+
+    name: the demo vocabulary name (also the prototype folder name).
+    description: a short phrase a text prompt can use.
+    nuscenes_index: raw nuScenes-lidarseg index (0..31).
+    kitti_id: raw SemanticKITTI id (the low 16 bits of a .label entry).
+    color, color2: RGB base colour and second texture colour.
+    texture: name of the procedural pattern (see appearance.TEXTURES).
+    texture_scale: the pattern's period in metres.
+    intensity: lidar intensity 0..255 (noise is added per point).
+    is_thing: countable objects get an instance id in SemanticKITTI labels.
+    """
+
+    name: str
+    description: str
+    nuscenes_index: int
+    kitti_id: int
+    color: tuple[int, int, int]
+    color2: tuple[int, int, int]
+    texture: str
+    texture_scale: float
+    intensity: float
+    is_thing: bool
+
+
+DEMO_CLASSES: tuple[DemoClass, ...] = (
+    DemoClass("road", "asphalt road", 24, 40, (72, 72, 80), (40, 40, 46), "asphalt", 0.35, 12.0, False),
+    DemoClass("sidewalk", "paved sidewalk", 26, 48, (196, 184, 160), (150, 140, 120), "tiles", 0.6, 28.0, False),
+    DemoClass("terrain", "grass terrain", 27, 72, (132, 182, 52), (92, 140, 30), "grass", 0.25, 18.0, False),
+    DemoClass("building", "building facade", 28, 50, (178, 104, 70), (46, 60, 88), "windows", 3.0, 45.0, False),
+    DemoClass("pole", "metal pole", 28, 80, (160, 160, 230), (70, 70, 120), "rings", 0.7, 95.0, False),
+    DemoClass("trunk", "tree trunk", 30, 71, (104, 62, 28), (60, 34, 14), "bark", 0.12, 22.0, False),
+    DemoClass("vegetation", "tree foliage", 30, 70, (24, 104, 44), (60, 150, 70), "leaves", 0.45, 6.0, False),
+    DemoClass("car", "car", 17, 10, (36, 78, 214), (20, 36, 110), "panels", 1.2, 70.0, True),
+    DemoClass("truck", "truck", 23, 18, (236, 204, 36), (150, 120, 10), "ribs", 0.45, 60.0, True),
+    DemoClass("bus", "bus", 16, 13, (214, 36, 36), (40, 20, 30), "window_band", 1.0, 82.0, True),
+    DemoClass("pedestrian", "pedestrian", 2, 30, (206, 60, 206), (90, 20, 110), "checker", 0.18, 34.0, True),
+    DemoClass("barrier", "road barrier", 9, 51, (244, 244, 236), (40, 40, 40), "diagonal", 0.5, 120.0, True),
+    DemoClass("traffic_cone", "traffic cone", 12, 99, (255, 120, 0), (250, 250, 250), "rings", 0.25, 200.0, True),
+    DemoClass("bicycle", "bicycle", 14, 11, (0, 206, 206), (0, 70, 70), "checker", 0.25, 52.0, True),
+)
+
+DEMO_CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in DEMO_CLASSES)
+CLASS_INDEX: dict[str, int] = {c.name: i for i, c in enumerate(DEMO_CLASSES)}
+
+# Lookup tables indexed by the demo class index (used to turn hit class arrays into labels).
+NUSCENES_INDEX_OF_CLASS = np.array([c.nuscenes_index for c in DEMO_CLASSES], dtype=np.uint8)
+KITTI_ID_OF_CLASS = np.array([c.kitti_id for c in DEMO_CLASSES], dtype=np.uint32)
+INTENSITY_OF_CLASS = np.array([c.intensity for c in DEMO_CLASSES], dtype=np.float64)
+IS_THING_CLASS = np.array([c.is_thing for c in DEMO_CLASSES], dtype=bool)
+
+
+def demo_class(name: str) -> DemoClass:
+    """The row of a demo class by name; ValueError names the known classes."""
+    try:
+        return DEMO_CLASSES[CLASS_INDEX[name]]
+    except KeyError:
+        raise ValueError(f"unknown demo class {name!r}; the demo classes are {', '.join(DEMO_CLASS_NAMES)}") from None
+
+
+def _check_table() -> None:
+    assert len(NUSCENES_LIDARSEG_CATEGORIES) == 32
+    for c in DEMO_CLASSES:
+        assert 0 < c.nuscenes_index < 32 and c.kitti_id in KITTI_RAW_NAMES, c
+        assert 0.0 <= c.intensity <= 255.0, c
+
+
+_check_table()

@@ -1,0 +1,99 @@
+"""Isolated renders of one demo class: the "visual words" of the procedural generator.
+
+An exemplar uses the world's own appearance model (colour, texture, shading) and shapes
+(the `scene.add_*` builders), rendered alone on a neutral grey background from a random
+viewpoint. Surfaces (road, sidewalk, terrain) are shown as a patch seen from above at an
+angle, filling most of the frame. Everything is a pure function of (class, seed, size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from .classes import CLASS_INDEX, DEMO_CLASS_NAMES
+from .primitives import PrimitiveBuilder, World
+from .raycast import box_corners
+from .render import render_camera
+from .scene import VEHICLES, add_barrier, add_bicycle, add_cone, add_pedestrian, add_pole
+from .seeding import rng_for
+from .transforms import rigid
+
+BACKGROUND = (128, 128, 128)
+FIELD_OF_VIEW_DEG = 50.0
+SURFACES = ("road", "sidewalk", "terrain")
+
+
+def render_exemplar(class_name: str, seed: int, size: int) -> Image.Image:
+    """A size x size RGB image of one instance of a demo class; same arguments, same pixels."""
+    if class_name not in CLASS_INDEX:
+        raise ValueError(
+            f"the procedural generator only knows the demo world's classes ({', '.join(DEMO_CLASS_NAMES)}); "
+            f"got {class_name!r}. Use the diffusers backend for other prompts."
+        )
+    if size < 8:
+        raise ValueError(f"exemplar size must be at least 8 pixels, got {size}")
+    rng = rng_for("exemplar", class_name, seed)
+    focal = 0.5 * size / np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0)
+    k = np.array([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]])
+
+    b = PrimitiveBuilder()
+    if class_name in SURFACES:
+        # A large slab of the surface, at a random place (the texture lives in world coordinates).
+        distance = rng.uniform(4.0, 8.0)
+        center = np.array([rng.uniform(-40.0, 40.0), rng.uniform(-40.0, 40.0), 0.0])
+        b.box(class_name, center - [0.0, 0.0, 0.05], (3.0 * distance, 3.0 * distance, 0.1), rng.uniform(0.0, np.pi))
+        elevation = np.deg2rad(rng.uniform(40.0, 80.0))
+        target = center
+    else:
+        _build_object(b, class_name, rng)
+        corners = box_corners(b.build().bounds).reshape(-1, 3)
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        target = 0.5 * (lo + hi) + rng.normal(0.0, 0.03, 3) * (hi - lo)
+        radius = 0.5 * np.linalg.norm(hi - lo)
+        distance = radius / np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0) * rng.uniform(0.95, 1.2)
+        if class_name in ("pole", "trunk"):
+            # Tall and thin: framing the whole height would leave a hairline; show a stretch.
+            target[2] = rng.uniform(lo[2] + 1.0, hi[2] - 0.5)
+            distance = rng.uniform(2.5, 5.0)
+        elevation = np.deg2rad(rng.uniform(3.0, 35.0))
+    azimuth = rng.uniform(0.0, 2.0 * np.pi)
+    eye = target + distance * np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+    world = World(b.build(), ground=None)
+    image = render_camera(world, k, size, size, _look_at(eye, target), far=10.0 * distance + 100.0, background=BACKGROUND)
+    return Image.fromarray(image.rgb, mode="RGB")
+
+
+def _build_object(b: PrimitiveBuilder, name: str, rng: np.random.Generator) -> None:
+    if name in VEHICLES:
+        VEHICLES[name](b, 0.0, 0.0, 0.0, rng)
+    elif name == "building":
+        height = rng.uniform(6.0, 20.0)
+        b.box("building", (0.0, 0.0, height / 2), (rng.uniform(8.0, 20.0), rng.uniform(8.0, 14.0), height))
+    elif name == "pole":
+        add_pole(b, 0.0, 0.0, 1.0, rng)
+    elif name == "trunk":
+        b.cylinder("trunk", 0.0, 0.0, 0.0, rng.uniform(2.0, 3.5), rng.uniform(0.2, 0.35))
+    elif name == "vegetation":
+        for _ in range(int(rng.integers(1, 4))):
+            r = rng.uniform(1.2, 2.4)
+            b.ellipsoid("vegetation", rng.normal(0.0, 0.8, 3) + [0.0, 0.0, 3.0], (r, r * rng.uniform(0.8, 1.2), r * rng.uniform(0.7, 1.1)))
+    elif name == "pedestrian":
+        add_pedestrian(b, 0.0, 0.0, rng)
+    elif name == "bicycle":
+        add_bicycle(b, 0.0, 0.0, 0.0, rng)
+    elif name == "barrier":
+        add_barrier(b, 0.0, 0.0, 0.0)
+    elif name == "traffic_cone":
+        add_cone(b, 0.0, 0.0)
+    else:  # a class added to the table without an exemplar shape
+        raise ValueError(f"no exemplar shape for demo class {name!r}")
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """world_from_camera for a camera at `eye` looking at `target` (x right, y down, z forward)."""
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return rigid(np.stack([right, down, forward], axis=1), eye)

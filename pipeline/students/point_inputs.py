@@ -1,0 +1,374 @@
+"""Point pre-processing: a raw scan (M, 4) -> WaffleIron's inputs, and the way back.
+
+`prepare_scan` runs the ScaLR+ inference chain on one scan:
+
+1. voxelise at `voxel_size` (0.1 m), keeping the first point of each occupied voxel;
+2. crop to the field of view;
+3. features: intensity standardised per dataset, then x, y, z, then radius (5 channels);
+4. kNN with k = num_neighbors + 1 = 17 on x, y, z, the point itself first;
+5. one cell index per 2D grid (see `cell_indices`);
+6. back-projection: every original point takes the output of its nearest kept point.
+
+For training (`augmentation=...`, with an explicit `rng`) the voxel keeps a random point,
+then the kept points are subsampled to `max_points` and randomly rotated about z, flipped
+and scaled, and only then cropped, so the features describe the augmented cloud.
+
+`collate` pads several prepared scans into the batch layout of `waffleiron.WaffleIron`.
+Everything here is numpy / scipy except the final batch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from pipeline.students.waffleiron import PLANE_AXES, WaffleIronConfig
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Mean and standard deviation used to standardise a dataset's lidar intensity."""
+
+    mean: float
+    std: float
+
+    def standardise(self, intensity: np.ndarray) -> np.ndarray:
+        return (np.asarray(intensity, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
+
+
+NUSCENES_INTENSITY = IntensityStats(mean=18.742355, std=22.04632)
+SEMANTIC_KITTI_INTENSITY = IntensityStats(mean=0.28613698, std=0.14090556)  # remission
+INTENSITY_STATS: dict[str, IntensityStats] = {
+    "nuscenes": NUSCENES_INTENSITY,
+    "semantic_kitti": SEMANTIC_KITTI_INTENSITY,
+}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentations of ScaLR+.
+
+    rotate_z: rotate by an angle uniform in [-pi, pi) about z.
+    flip_probability: chance of mirroring one horizontal axis, x or y with equal odds
+        (2/3 overall in the reference, i.e. none / flip x / flip y each 1/3).
+    scale_range: isotropic scale uniform in [1 - r, 1 + r].
+    max_points: keep at most this many points (uniform random subsample); None keeps all.
+    """
+
+    rotate_z: bool = True
+    flip_probability: float = 2.0 / 3.0
+    scale_range: float = 0.1
+    max_points: int | None = 20_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"Augmentation.flip_probability must be in [0, 1], got {self.flip_probability}")
+        if not 0.0 <= self.scale_range < 1.0:
+            raise ValueError(f"Augmentation.scale_range must be in [0, 1), got {self.scale_range}")
+        if self.max_points is not None and self.max_points < 1:
+            raise ValueError(f"Augmentation.max_points must be >= 1 or None, got {self.max_points}")
+
+
+# --------------------------------------------------------------------------- single steps
+
+
+def voxelize(xyz: np.ndarray, voxel_size: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Keep one point per occupied voxel; return the kept indices, int64 ascending.
+
+    Voxel coordinates are floor((xyz - xyz.min(0)) / voxel_size), i.e. measured from the
+    scan's minimum corner. Without `rng` the kept point is the first of its voxel in scan
+    order (inference); with `rng` it is a random one (training).
+    """
+    xyz = np.asarray(xyz)[:, :3]
+    if len(xyz) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = rng.permutation(len(xyz)) if rng is not None else np.arange(len(xyz))
+    voxels = ((xyz[order] - xyz.min(axis=0)) / voxel_size).astype(np.int64)
+    extent = voxels.max(axis=0) + 1
+    if float(np.prod(extent.astype(np.float64))) < 2.0**62:
+        # One int64 key per voxel sorts much faster than rows.
+        keys = (voxels[:, 0] * extent[1] + voxels[:, 1]) * extent[2] + voxels[:, 2]
+        _, first = np.unique(keys, return_index=True)
+    else:  # absurd extents (outliers far away): fall back to unique rows
+        _, first = np.unique(voxels, axis=0, return_index=True)
+    # np.unique's return_index is the first occurrence (stable sort).
+    return np.sort(order[first]).astype(np.int64)
+
+
+def crop_to_fov(xyz: np.ndarray, fov: Sequence[Sequence[float]], margin: float = 1e-4) -> np.ndarray:
+    """Boolean mask of the points strictly inside the box fov = (min xyz, max xyz).
+
+    The `margin` keeps points off the box faces (as the reference), so cell indices of kept
+    points never reach the grid size.
+    """
+    lo = np.asarray(fov[0], dtype=np.float64) + margin
+    hi = np.asarray(fov[1], dtype=np.float64) - margin
+    xyz = np.asarray(xyz)[:, :3]
+    return np.all((xyz > lo) & (xyz < hi), axis=1)
+
+
+def input_features(xyz: np.ndarray, intensity: np.ndarray, stats: IntensityStats) -> np.ndarray:
+    """The 5 input channels, float32 (N, 5): standardised intensity, x, y, z, radius."""
+    xyz = np.asarray(xyz, dtype=np.float32)[:, :3]
+    radius = np.linalg.norm(xyz, axis=1)
+    return np.column_stack([stats.standardise(intensity), xyz, radius]).astype(np.float32)
+
+
+def knn_neighbors(xyz: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest points of every point, int64 (N, k), the point itself first.
+
+    Exact duplicates could make cKDTree list a twin before the point itself, so self is
+    swapped to the front. With fewer than k points the missing neighbours are the point
+    itself (a zero difference, harmless in the embedding's max).
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)[:, :3]
+    num_points = len(xyz)
+    _, index = cKDTree(xyz).query(xyz, k=k, workers=-1)
+    index = np.asarray(index, dtype=np.int64).reshape(num_points, k)
+    rows = np.arange(num_points)
+    index = np.where(index >= num_points, rows[:, None], index)  # scipy marks "no neighbour" with N
+    is_self = index == rows[:, None]
+    self_at = np.where(is_self.any(axis=1), is_self.argmax(axis=1), 0)
+    index[rows, self_at] = index[rows, 0]
+    index[:, 0] = rows
+    return index
+
+
+def cell_indices(xyz: np.ndarray, config: WaffleIronConfig) -> np.ndarray:
+    """Flat cell index of every point on every 2D grid, int64 (G, N).
+
+    For grid g projecting along axis a with shape (H, W), the two other coordinates
+    (in increasing axis order) are shifted by the FOV minimum, divided by the cell size
+    (FOV extent / grid size), truncated to int and clamped to the grid; the index is
+    i0 * W + i1. Defaults: (x, y) on 256 x 256, (x, z) and (y, z) on 256 x 32, 0.5 m cells.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)[:, :3]
+    lo = np.asarray(config.fov[0], dtype=np.float64)
+    hi = np.asarray(config.fov[1], dtype=np.float64)
+    out = np.empty((len(config.grids), len(xyz)), dtype=np.int64)
+    for g, (axis, grid) in enumerate(zip(config.projection_axes, config.grids)):
+        axes = list(PLANE_AXES[axis])
+        shape = np.asarray(grid, dtype=np.int64)
+        cell_size = (hi[axes] - lo[axes]) / shape
+        quantised = ((xyz[:, axes] - lo[axes]) / cell_size).astype(np.int64)
+        quantised = np.clip(quantised, 0, shape - 1)
+        out[g] = quantised[:, 0] * shape[1] + quantised[:, 1]
+    return out
+
+
+def back_projection(original_xyz: np.ndarray, kept_xyz: np.ndarray) -> np.ndarray:
+    """For every original point, the index of its nearest kept point, int64 (M,)."""
+    tree = cKDTree(np.asarray(kept_xyz, dtype=np.float64)[:, :3])
+    _, index = tree.query(np.asarray(original_xyz, dtype=np.float64)[:, :3], k=1, workers=-1)
+    return np.asarray(index, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- augmentations
+
+
+def random_subsample(num_points: int, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most `max_points` distinct indices of range(num_points), uniformly, ascending."""
+    if max_points is None or num_points <= max_points:
+        return np.arange(num_points, dtype=np.int64)
+    return np.sort(rng.choice(num_points, size=max_points, replace=False)).astype(np.int64)
+
+
+def random_transform(xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
+    """Rotate about z, maybe flip x or y, scale: a new (N, 3) array of xyz's dtype.
+
+    The same four random numbers are drawn whatever the flags, so the stream of `rng`
+    does not depend on which augmentations are on.
+    """
+    xyz = np.asarray(xyz)[:, :3]
+    angle = rng.uniform(-np.pi, np.pi)
+    flip = rng.random() < augmentation.flip_probability
+    flip_axis = int(rng.integers(2))  # 0: mirror x, 1: mirror y
+    scale = 1.0 + rng.uniform(-augmentation.scale_range, augmentation.scale_range)
+
+    out = xyz.astype(np.float64)
+    if augmentation.rotate_z:
+        cos, sin = np.cos(angle), np.sin(angle)
+        x, y = out[:, 0].copy(), out[:, 1].copy()
+        out[:, 0] = cos * x - sin * y
+        out[:, 1] = sin * x + cos * y
+    if flip:
+        out[:, flip_axis] *= -1.0
+    out *= scale
+    return out.astype(xyz.dtype if np.issubdtype(xyz.dtype, np.floating) else np.float64)
+
+
+def augment_points(
+    xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training augmentation: subsample to `max_points`, then rotate / flip / scale.
+
+    Returns (augmented xyz (n, 3), kept indices into xyz (n,) ascending). Deterministic for
+    a given Generator state.
+    """
+    keep = random_subsample(len(xyz), augmentation.max_points, rng)
+    return random_transform(np.asarray(xyz)[keep], rng, augmentation), keep
+
+
+# --------------------------------------------------------------------------- whole chain
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedScan:
+    """What WaffleIron needs for one scan, plus the way back to the original points.
+
+    features: float32 (N, Cin) network inputs of the N kept points.
+    neighbors: int64 (N, K + 1) kNN among the kept points, self first.
+    cell_indices: int64 (G, N) flat cell of each kept point on each grid.
+    point_index: int64 (N,) index of each kept point in the original scan (use it to
+        pick labels or teacher targets of the network's points).
+    back_projection: int64 (M,) for each of the M original points, the kept point whose
+        output it takes: `output[back_projection]` labels the whole original scan.
+    """
+
+    features: np.ndarray
+    neighbors: np.ndarray
+    cell_indices: np.ndarray
+    point_index: np.ndarray
+    back_projection: np.ndarray
+
+    @property
+    def num_points(self) -> int:
+        return len(self.point_index)
+
+
+def prepare_scan(
+    points_xyzi: np.ndarray,
+    config: WaffleIronConfig,
+    intensity_stats: IntensityStats,
+    *,
+    augmentation: Augmentation | None = None,
+    rng: np.random.Generator | None = None,
+) -> PreparedScan:
+    """Run the whole pre-processing on one scan (float (M, >=4): x, y, z, intensity, ...).
+
+    Without `augmentation` this is the deterministic inference chain. With it, `rng` is
+    required and voxel representatives, subsample and transform are random. Raises
+    ValueError for non-finite coordinates or when no point lies in the field of view.
+    """
+    points = np.asarray(points_xyzi)
+    if points.ndim != 2 or points.shape[1] < 4:
+        raise ValueError(f"points must be (M, >=4) x, y, z, intensity; got shape {points.shape}")
+    if config.input_channels != 5:
+        raise ValueError(f"prepare_scan builds the 5 ScaLR channels, config has input_channels={config.input_channels}")
+    if augmentation is not None and rng is None:
+        raise ValueError("augmentation needs an explicit numpy Generator `rng`")
+    xyz = points[:, :3]
+    if not np.isfinite(xyz).all():
+        raise ValueError(f"{int((~np.isfinite(xyz).all(axis=1)).sum())} points have non-finite coordinates")
+
+    kept = voxelize(xyz, config.voxel_size, rng if augmentation is not None else None)
+    net_xyz = xyz[kept]
+    if augmentation is not None:
+        net_xyz, keep = augment_points(net_xyz, rng, augmentation)
+        kept = kept[keep]
+    inside = crop_to_fov(net_xyz, config.fov)
+    kept, net_xyz = kept[inside], net_xyz[inside]
+    if len(kept) == 0:
+        raise ValueError(f"none of the {len(points)} points lies in the field of view {config.fov}")
+
+    return PreparedScan(
+        features=input_features(net_xyz, points[kept, 3], intensity_stats),
+        neighbors=knn_neighbors(net_xyz, config.num_neighbors + 1),
+        cell_indices=cell_indices(net_xyz, config),
+        point_index=kept,
+        back_projection=back_projection(xyz, xyz[kept]),
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass(frozen=True, eq=False)
+class PointBatch:
+    """Several scans padded to N points, in WaffleIron's batch layout (torch tensors).
+
+    features float32 (B, Cin, N); neighbors int64 (B, N, K + 1); cell_indices int64
+    (B, G, N); occupancy float32 (B, N), 1 for real points; num_points: real points per scan
+    (the first num_points[b] columns of scan b are real).
+    """
+
+    features: torch.Tensor
+    neighbors: torch.Tensor
+    cell_indices: torch.Tensor
+    occupancy: torch.Tensor
+    num_points: tuple[int, ...]
+
+    def to(self, device: torch.device | str) -> PointBatch:
+        return PointBatch(
+            self.features.to(device),
+            self.neighbors.to(device),
+            self.cell_indices.to(device),
+            self.occupancy.to(device),
+            self.num_points,
+        )
+
+    def unpad(self, output: torch.Tensor) -> list[torch.Tensor]:
+        """Split a network output (B, D, N) into one (n_b, D) tensor per scan."""
+        return [output[b, :, :n].transpose(0, 1) for b, n in enumerate(self.num_points)]
+
+
+def collate(scans: Sequence[PreparedScan], num_points: int | None = None) -> PointBatch:
+    """Pad scans to a common N (the largest scan, or `num_points` if given).
+
+    Padded points get zero features, cell 0 on every grid, the last padded point
+    (index N - 1) as all their neighbours, and occupancy 0, so they never reach the
+    outputs of real points.
+    """
+    if not scans:
+        raise ValueError("collate needs at least one scan")
+    sizes = tuple(scan.num_points for scan in scans)
+    total = max(sizes) if num_points is None else num_points
+    if max(sizes) > total:
+        raise ValueError(f"a scan has {max(sizes)} points, more than num_points={total}")
+    channels = scans[0].features.shape[1]
+    k = scans[0].neighbors.shape[1]
+    grids = scans[0].cell_indices.shape[0]
+
+    features = np.zeros((len(scans), channels, total), dtype=np.float32)
+    neighbors = np.full((len(scans), total, k), total - 1, dtype=np.int64)
+    cells = np.zeros((len(scans), grids, total), dtype=np.int64)
+    occupancy = np.zeros((len(scans), total), dtype=np.float32)
+    for b, scan in enumerate(scans):
+        n = scan.num_points
+        features[b, :, :n] = scan.features.T
+        neighbors[b, :n] = scan.neighbors
+        cells[b, :, :n] = scan.cell_indices
+        occupancy[b, :n] = 1.0
+    return PointBatch(
+        torch.from_numpy(features),
+        torch.from_numpy(neighbors),
+        torch.from_numpy(cells),
+        torch.from_numpy(occupancy),
+        sizes,
+    )
+
+
+__all__ = [
+    "Augmentation",
+    "INTENSITY_STATS",
+    "IntensityStats",
+    "NUSCENES_INTENSITY",
+    "PointBatch",
+    "PreparedScan",
+    "SEMANTIC_KITTI_INTENSITY",
+    "augment_points",
+    "back_projection",
+    "cell_indices",
+    "collate",
+    "crop_to_fov",
+    "input_features",
+    "knn_neighbors",
+    "prepare_scan",
+    "random_subsample",
+    "random_transform",
+    "voxelize",
+]

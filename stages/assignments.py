@@ -1,0 +1,65 @@
+"""Stage assignments: every lidar point's camera, teacher pixel and patch, per split.
+
+    python -m stages.assignments
+
+For each split that distillation or evaluation uses, writes cache/assignments/<split>/, a
+ragged zarr store with one row per assigned point: point_index, camera, pixel (u, v) at
+the teacher's input size and patch (row, col).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.assignments import assign_points, scan_rng
+from pipeline.store import RaggedWriter
+from pipeline.teacher import teacher_patch_size
+from stages.common import CACHE, human_size, open_reader, stage_arguments, start_stage, summary
+
+OUT = CACHE / "assignments"
+COLUMNS = {
+    "point_index": ("int32", ()),
+    "camera": ("uint8", ()),
+    "pixel": ("uint16", (2,)),
+    "patch": ("uint16", (2,)),
+}
+
+
+def write_split(params, split: str, out: Path) -> dict:
+    reader = open_reader(params.dataset, split)
+    cfg = params.assignments
+    patch = teacher_patch_size(params.teacher)
+    points = assigned = dropped = 0
+    attributes = {
+        "mode": cfg.mode,
+        "input_size": list(params.teacher.input_size),
+        "patch_size": patch,
+    }
+    with RaggedWriter(out, COLUMNS, attributes=attributes) as writer:
+        for scan_id in tqdm(reader.scan_ids, desc=f"assignments {split}", unit="scan"):
+            record = reader.read(scan_id)
+            result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
+                                   scan_rng(cfg.seed, scan_id))
+            writer.append(scan_id, point_index=result.point_index, camera=result.camera,
+                          pixel=result.pixel, patch=result.patch)
+            points += len(record.points)
+            assigned += len(result)
+            dropped += record.dropped_points
+    return {"scans": len(reader), "points": points, "assigned": assigned, "dropped": dropped}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_arguments(__doc__).parse_args(argv)
+    params = start_stage("assignments", args)
+    with summary("assignments") as facts:
+        for split in params.dataset.splits:
+            counts = write_split(params, split, OUT / split)
+            facts[split] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
+                            f"assigned ({100 * counts['assigned'] / max(counts['points'], 1):.1f}%), "
+                            f"{counts['dropped']} non-finite dropped, {human_size(OUT / split)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Stage distill: train the 3D student to reproduce the cached teacher features.
+
+    python -m stages.distill
+
+Reads the distillation split's scans, assignments and teacher features; writes
+cache/student/ (model.safetensors, config.json) and plots/distill/train_loss.csv (one row per
+optimiser step: step, epoch, lr, loss, pairs), declared as a DVC plot.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from pipeline.assignments import combine_taps
+from pipeline.config_loading import ConfigError
+from pipeline.distillation import ScheduleConfig
+from pipeline.store import RaggedReader, atomic_output, load_safetensors
+from pipeline.student_io import save_student
+from pipeline.students.point_inputs import Augmentation
+from pipeline.students.waffleiron import WaffleIron
+from pipeline.teacher import resolve_device
+from pipeline.training import DistillSample, StepRecord, TrainingSettings, distill_student
+from stages.assignments import OUT as ASSIGNMENTS
+from stages.common import (CACHE, PLOTS, human_size, intensity_stats, open_reader, stage_arguments,
+                           start_stage, summary)
+from stages.teacher_features import OUT as TEACHER_FEATURES
+
+OUT = CACHE / "student"
+LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
+
+
+class SampleLoader:
+    """Loads one training scan: its points and the teacher target of each assigned point."""
+
+    def __init__(self, params, split: str) -> None:
+        self.reader = open_reader(params.dataset, split)
+        self.assignments = RaggedReader(ASSIGNMENTS / split)
+        self.patches = RaggedReader(TEACHER_FEATURES / split / "patches")
+        self.taps = RaggedReader(TEACHER_FEATURES / split / "taps")
+        self.dim = self.patches.columns["feature"].inner_shape[0]
+
+    def __call__(self, scan_id: str) -> DistillSample:
+        points = self.reader.read(scan_id).points
+        point_index = self.assignments.read(scan_id, ["point_index"])["point_index"]
+        taps = self.taps.read(scan_id)
+        features = torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"])
+        targets = combine_taps(features, torch.from_numpy(taps["tap"]), torch.from_numpy(taps["weight"]))
+        target_row = np.full(len(points), -1, dtype=np.int64)
+        target_row[point_index] = np.arange(len(point_index))
+        return DistillSample(points=points, target_row=target_row, targets=targets)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_arguments(__doc__).parse_args(argv)
+    params = start_stage("distill", args)
+    cfg = params.distill
+    with summary("distill") as facts:
+        loader = SampleLoader(params, params.dataset.distill_split)
+        if params.student.out_channels != loader.dim:
+            raise ConfigError(
+                f"{args.params}: student.out_channels is {params.student.out_channels} but the teacher "
+                f"features have {loader.dim} channels; set student.out_channels: {loader.dim}")
+        settings = TrainingSettings(
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            schedule=ScheduleConfig(epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                    rsqrt_timescale_epochs=cfg.rsqrt_timescale_epochs,
+                                    cooldown_start_epoch=max(cfg.epochs - cfg.cooldown_epochs, cfg.warmup_epochs),
+                                    lr=cfg.lr, weight_decay=cfg.weight_decay),
+            augmentation=Augmentation(max_points=cfg.max_points) if cfg.augment else None,
+            seed=cfg.seed,
+        )
+        torch.manual_seed(cfg.seed)  # weight init
+        model = WaffleIron(params.student)
+        device = resolve_device("auto")
+        history = distill_student(model, loader.assignments.scan_ids, loader, settings,
+                                  intensity_stats(params.dataset), device)
+        with atomic_output(OUT) as tmp:
+            save_student(tmp, model, {"teacher": loader.patches.attributes.get("teacher", ""),
+                                      "epochs": cfg.epochs, "steps": len(history),
+                                      "final_loss": history[-1].loss})
+        with atomic_output(LOSS_LOG) as tmp:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
+                writer.writeheader()
+                writer.writerows(asdict(r) for r in history)
+        facts["steps"] = len(history)
+        facts["loss"] = f"{history[0].loss:.4f} -> {history[-1].loss:.4f}"
+        facts["wrote"] = f"{OUT} ({human_size(OUT)}), {LOSS_LOG}"
+
+
+if __name__ == "__main__":
+    main()

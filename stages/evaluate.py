@@ -1,0 +1,97 @@
+"""Stage evaluate: metrics of the 3D labels and of the 2D baseline, with pictures.
+
+    python -m stages.evaluate
+
+Three results on the evaluation split, each against the dataset's labels (255 ignored):
+- `3d`: the student's labels on all points;
+- `3d_visible`: the student's labels on the points some camera sees;
+- `2d_baseline`: teacher features projected onto those same visible points.
+Writes metrics/metrics.json (mIoU, oAcc, mAcc, per-class IoU of each), metrics/per_class_iou.csv
+and metrics/confusion_3d.csv (DVC plots), and pictures under plots/evaluate/: per-class IoU bars,
+the normalised confusion matrix, and bird's-eye views of prediction against truth.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.datasets.base import IGNORE_LABEL
+from pipeline.metrics import ConfusionAccumulator
+from pipeline.store import RaggedReader, atomic_output, save_json
+from pipeline.viz import save_confusion_heatmap, save_iou_bars, save_prediction_bev
+from stages.common import METRICS, PLOTS, log, open_reader, stage_arguments, start_stage, summary
+from stages.label import OUT as PREDICTIONS
+
+RESULTS = ("3d", "3d_visible", "2d_baseline")
+PICTURES = PLOTS / "evaluate"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with atomic_output(path) as tmp:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = stage_arguments(__doc__).parse_args(argv)
+    params = start_stage("evaluate", args)
+    split = params.dataset.eval_split
+    with summary("evaluate") as facts:
+        reader = open_reader(params.dataset, split)
+        classes = reader.label_map.classes
+        predictions = RaggedReader(PREDICTIONS / split)
+        accumulators = {name: ConfusionAccumulator(len(classes)) for name in RESULTS}
+        preview_ids = set(predictions.scan_ids[:: max(1, len(predictions) // max(params.evaluate.preview_scans, 1))]
+                          [: params.evaluate.preview_scans])
+        METRICS.mkdir(exist_ok=True)
+        PICTURES.mkdir(parents=True, exist_ok=True)
+        pictures = []
+        for scan_id in tqdm(predictions.scan_ids, desc=f"evaluate {split}", unit="scan"):
+            record = reader.read(scan_id)
+            if record.labels is None:
+                raise ValueError(f"scan {scan_id} of split {split!r} has no labels to evaluate against")
+            predicted = predictions.read(scan_id)
+            if len(predicted["label"]) != len(record.labels):
+                raise ValueError(f"{PREDICTIONS / split}: scan {scan_id} has {len(predicted['label'])} predictions "
+                                 f"for {len(record.labels)} points; rerun the pipeline")
+            truth = record.labels
+            visible = predicted["baseline"] != IGNORE_LABEL
+            accumulators["3d"].add(predicted["label"], truth)
+            accumulators["3d_visible"].add(predicted["label"][visible], truth[visible])
+            accumulators["2d_baseline"].add(predicted["baseline"][visible], truth[visible])
+            if scan_id in preview_ids:
+                name = f"bev_{len(pictures)}.png"
+                pictures.append(save_prediction_bev(record.points, predicted["label"].astype(np.int64), truth,
+                                                    classes, PICTURES / name, f"3D labels, scan {scan_id}"))
+        results = {name: acc.metrics(classes) for name, acc in accumulators.items()}
+        save_json(METRICS / "metrics.json", {name: m.to_dict() for name, m in results.items()})
+        write_csv(METRICS / "per_class_iou.csv", ["class", *RESULTS],
+                  [[c, *(_fmt(results[r].iou[i]) for r in RESULTS)] for i, c in enumerate(classes)])
+        confusion = results["3d"].confusion
+        write_csv(METRICS / "confusion_3d.csv", ["truth", "prediction", "points"],
+                  [[classes[t], classes[p], int(confusion[t, p])]
+                   for t in range(len(classes)) for p in range(len(classes)) if confusion[t, p]])
+        pictures.append(save_iou_bars(classes, {"3D student (all points)": results["3d"].iou,
+                                                "3D student (visible)": results["3d_visible"].iou,
+                                                "2D baseline (visible)": results["2d_baseline"].iou},
+                                      PICTURES / "per_class_iou.png", f"per-class IoU on {split}"))
+        pictures.append(save_confusion_heatmap(confusion, classes, PICTURES / "confusion_3d.png",
+                                               f"3D labels on {split}, rows normalised"))
+        for name, m in results.items():
+            log.info("%-12s mIoU %.3f  oAcc %.3f  mAcc %.3f  (%d points)", name, m.miou, m.oacc, m.macc, m.num_points)
+        facts["mIoU"] = ", ".join(f"{name} {m.miou:.3f}" for name, m in results.items())
+        facts["pictures"] = ", ".join(str(p) for p in pictures)
+
+
+def _fmt(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    main()

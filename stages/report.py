@@ -1,0 +1,47 @@
+"""Print the evaluation metrics as a table and name the pictures (not a DVC stage).
+
+    python -m stages.report
+"""
+
+from __future__ import annotations
+
+import json
+
+from stages.common import METRICS, PLOTS
+
+RESULT_TITLES = {
+    "3d": "3D student, all points",
+    "3d_visible": "3D student, visible points",
+    "2d_baseline": "2D baseline, visible points",
+}
+
+
+def format_table(metrics: dict) -> str:
+    names = [n for n in RESULT_TITLES if n in metrics]
+    classes = list(metrics[names[0]]["iou"])
+    header = f"{'class':<20}" + "".join(f"{n:>14}" for n in names)
+    lines = [header, "-" * len(header)]
+    for c in classes:
+        cells = [metrics[n]["iou"][c] for n in names]
+        if all(v is None for v in cells):
+            continue
+        lines.append(f"{c:<20}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>14}" for v in cells))
+    lines.append("-" * len(header))
+    for key in ("miou", "oacc", "macc"):
+        lines.append(f"{key:<20}" + "".join(f"{100 * metrics[n][key]:>14.1f}" for n in names))
+    lines.append("")
+    lines += [f"{n:>14}: {title}" for n, title in RESULT_TITLES.items() if n in metrics]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    metrics = json.loads((METRICS / "metrics.json").read_text())
+    print(format_table(metrics))
+    print("\npictures:")
+    for path in sorted(PLOTS.rglob("*.png")) + sorted((p for p in ("data/demo/preview_nuscenes.png",
+                                                                     "data/demo/preview_semantic_kitti.png"))):
+        print(f"  {path}")
+
+
+if __name__ == "__main__":
+    main()

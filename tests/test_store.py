@@ -1,0 +1,208 @@
+"""Artifact I/O: atomic outputs, deterministic safetensors, the ragged zarr store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.store import (
+    ColumnSpec,
+    RaggedReader,
+    RaggedWriter,
+    atomic_output,
+    load_safetensors,
+    read_safetensors_metadata,
+    save_json,
+    save_safetensors,
+)
+
+COLUMNS = {
+    "point_index": ("int32", ()),
+    "camera": ("uint8", ()),
+    "feature": ColumnSpec(np.float16, (8,)),
+}
+# Tiny chunks (64 rows of int32, 16 rows of features) so scans span several shards.
+SMALL = dict(chunk_bytes=256, chunks_per_shard=2)
+
+
+def _scans(seed: int = 0, count: int = 7) -> list[tuple[str, dict[str, np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    scans = []
+    for i in range(count):
+        n = [0, 1, 50, 300, 33, 129, 7][i % 7]
+        scans.append((f"scene-{i}/frame", {
+            "point_index": rng.integers(0, 10**6, n).astype(np.int64),  # cast to int32 on write
+            "camera": rng.integers(0, 6, n).astype(np.uint8),
+            "feature": rng.standard_normal((n, 8)).astype(np.float32),  # cast to fp16
+        }))
+    return scans
+
+
+def _write(path: Path, scans, **kwargs) -> Path:
+    with RaggedWriter(path, COLUMNS, attributes={"teacher": "tiny", "dim": 8}, **kwargs) as writer:
+        for scan_id, arrays in scans:
+            writer.append(scan_id, **arrays)
+    return path
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- atomic
+
+
+def test_atomic_output_file_and_directory(tmp_path):
+    target = tmp_path / "sub" / "a.txt"
+    with atomic_output(target) as tmp:
+        assert tmp.parent == target.parent and not target.exists()
+        tmp.write_text("one")
+    assert target.read_text() == "one"
+    with atomic_output(target) as tmp:  # replaces an existing file
+        tmp.write_text("two")
+    assert target.read_text() == "two"
+
+    folder = tmp_path / "dir"
+    for content in ("first", "second"):  # replaces an existing directory
+        with atomic_output(folder) as tmp:
+            tmp.mkdir()
+            (tmp / "x").write_text(content)
+    assert (folder / "x").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "sub"]
+
+
+def test_atomic_output_error_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            (tmp / "half").write_text("partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_output(target):
+            pass
+
+
+def test_save_json(tmp_path):
+    save_json(tmp_path / "m.json", {"b": 1, "a": None})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"b": 1, "a": None}
+    with pytest.raises(ValueError):
+        save_json(tmp_path / "bad.json", {"x": float("nan")})
+    assert not (tmp_path / "bad.json").exists()
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def test_safetensors_round_trip_and_deterministic_bytes(tmp_path):
+    tensors = {"features": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "labels": np.array([0, 2, 1], dtype=np.int64)}
+    metadata = {f"key{i}": f"value{i}" for i in range(30)}
+    metadata["class_names"] = ["car", "road"]
+    save_safetensors(tmp_path / "a.safetensors", tensors, metadata)
+    save_safetensors(tmp_path / "b.safetensors", dict(reversed(tensors.items())),
+                     dict(reversed(metadata.items())))
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+    loaded, meta = load_safetensors(tmp_path / "a.safetensors")
+    for key, value in tensors.items():
+        np.testing.assert_array_equal(loaded[key], value)
+    assert json.loads(meta["class_names"]) == ["car", "road"] and meta["key7"] == "value7"
+    assert read_safetensors_metadata(tmp_path / "a.safetensors") == meta
+
+    state = {"w": torch.randn(2, 3, dtype=torch.bfloat16), "b": np.zeros(2, np.float32)}
+    save_safetensors(tmp_path / "t.safetensors", state, {"epoch": 3})
+    loaded, meta = load_safetensors(tmp_path / "t.safetensors", framework="torch")
+    assert torch.equal(loaded["w"], state["w"]) and meta == {"epoch": "3"}
+
+
+# --------------------------------------------------------------------------- ragged
+
+
+def test_ragged_round_trip(tmp_path):
+    scans = _scans()
+    reader = RaggedReader(_write(tmp_path / "store", scans, **SMALL))
+    assert len(reader) == len(scans) and reader.scan_ids == tuple(s for s, _ in scans)
+    assert reader.attributes == {"dim": 8, "teacher": "tiny"}
+    assert reader.num_rows == sum(len(a["camera"]) for _, a in scans)
+    assert reader.columns["feature"] == ColumnSpec(np.float16, (8,))
+    for scan_id, arrays in scans:
+        got = reader.read(scan_id)
+        assert got["point_index"].dtype == np.int32 and got["feature"].dtype == np.float16
+        np.testing.assert_array_equal(got["point_index"], arrays["point_index"])
+        np.testing.assert_array_equal(got["camera"], arrays["camera"])
+        np.testing.assert_array_equal(got["feature"], arrays["feature"].astype(np.float16))
+    assert reader.read(scans[3][0], columns=["camera"]).keys() == {"camera"}
+    for (scan_id, arrays), (read_id, got) in zip(scans, reader.iter_scans(block_bytes=200)):
+        assert read_id == scan_id
+        np.testing.assert_array_equal(got["point_index"], arrays["point_index"])
+    with pytest.raises(KeyError, match="not in"):
+        reader.read("missing")
+
+
+def test_ragged_unsharded_and_empty(tmp_path):
+    scans = _scans(count=4)
+    reader = RaggedReader(_write(tmp_path / "plain", scans, chunk_bytes=256, chunks_per_shard=None))
+    np.testing.assert_array_equal(reader.read(scans[3][0])["camera"], scans[3][1]["camera"])
+    empty = RaggedReader(_write(tmp_path / "empty", []))
+    assert len(empty) == 0 and empty.num_rows == 0 and list(empty.iter_scans()) == []
+
+
+def test_partial_read_touches_only_its_chunks(tmp_path):
+    scans = _scans()
+    path = _write(tmp_path / "store", scans, **SMALL)
+    reader = RaggedReader(path)
+    # Shards of point_index hold 128 rows; corrupt every shard the 4th scan (rows 51..350)
+    # does not touch. Reading it must still work; reading a scan in a corrupt shard fails.
+    start, stop = reader.offsets[3], reader.offsets[4]
+    touched = set(range(start // 128, (stop - 1) // 128 + 1))
+    shards = sorted((path / "point_index" / "c").iterdir(), key=lambda p: int(p.name))
+    assert len(shards) > len(touched)
+    for shard in shards:
+        if int(shard.name) not in touched:
+            shard.write_bytes(b"corrupt")
+    fresh = RaggedReader(path)
+    np.testing.assert_array_equal(fresh.read(scans[3][0])["point_index"], scans[3][1]["point_index"])
+    with pytest.raises(Exception):
+        fresh.read(scans[5][0])
+
+
+def test_ragged_error_leaves_no_store(tmp_path):
+    path = tmp_path / "store"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with RaggedWriter(path, COLUMNS, **SMALL) as writer:
+            for scan_id, arrays in _scans():
+                writer.append(scan_id, **arrays)
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ragged_identical_bytes_for_identical_input(tmp_path):
+    first = _tree_bytes(_write(tmp_path / "a", _scans(), **SMALL))
+    second = _tree_bytes(_write(tmp_path / "b", _scans(), **SMALL))
+    assert first.keys() == second.keys() and len(first) > 5
+    assert first == second
+
+
+def test_ragged_rejects_bad_input(tmp_path):
+    with RaggedWriter(tmp_path / "s", COLUMNS) as writer:
+        good = _scans()[2][1]
+        writer.append("a", **good)
+        with pytest.raises(ValueError, match="twice"):
+            writer.append("a", **good)
+        with pytest.raises(ValueError, match="expected"):
+            writer.append("b", camera=good["camera"])
+        with pytest.raises(ValueError, match="differ in length"):
+            writer.append("c", **{**good, "camera": good["camera"][:3]})
+        with pytest.raises(ValueError, match="do not fit uint8"):
+            writer.append("d", **{**good, "camera": good["camera"].astype(np.int64) + 300})
+        with pytest.raises(ValueError, match="shape"):
+            writer.append("e", **{**good, "feature": good["feature"][:, :4]})
+    assert RaggedReader(tmp_path / "s").scan_ids == ("a",)
+    with pytest.raises(ValueError, match="bad column name"):
+        RaggedWriter(tmp_path / "t", {"offsets": ("int64", ())})
