@@ -17,7 +17,7 @@ from typing import Literal
 
 import yaml
 
-from pipeline.config_loading import ConfigError, build
+from pipeline.config_loading import ConfigError, build, key_path
 from pipeline.datasets.label_map import LabelMap, nuscenes_label_map, semantic_kitti_label_map
 from pipeline.generation.diffusers_backend import DiffusersConfig
 from pipeline.students.waffleiron import WaffleIronConfig
@@ -183,17 +183,17 @@ class Params:
 
 def validate_vocabulary(vocabulary: dict[str, VocabularyClass], dataset: DatasetParams, where: str) -> None:
     if not vocabulary:
-        raise ConfigError(f"{where}: vocabulary: is empty; list at least two prompt classes")
+        raise ConfigError(f"{key_path(where, 'vocabulary')}: is empty; list at least two prompt classes")
     known = dataset.label_map().classes
     for name, entry in vocabulary.items():
         if entry.label not in known:
             raise ConfigError(
-                f"{where}: vocabulary.{name}.label: {entry.label!r} is not an evaluation class of "
+                f"{key_path(where, 'vocabulary')}.{name}.label: {entry.label!r} is not an evaluation class of "
                 f"{dataset.format}; choose one of {', '.join(known)}"
             )
 
 
-def parse_params(data: dict, where: str = "params") -> Params:
+def parse_params(data: dict, where: str = "params:") -> Params:
     params = build(Params, data, where)
     validate_vocabulary(params.vocabulary, params.dataset, where)
     return params
@@ -208,4 +208,4 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(data, str(path))
+    return parse_params(data, f"{path}:")

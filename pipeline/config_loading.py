@@ -22,21 +22,27 @@ class ConfigError(ValueError):
     """A params value is unknown, missing or of the wrong type; the message names the key."""
 
 
+def key_path(where: str, name: str) -> str:
+    """`params.yaml:` + `distill` -> `params.yaml: distill`; `params.yaml: distill` + `lr` -> `... distill.lr`."""
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
+
+
 def build(cls: type[T], data: Any, where: str) -> T:
-    """Create dataclass `cls` from a mapping, validating every key; `where` prefixes errors."""
+    """Create dataclass `cls` from a mapping, validating every key; `where` prefixes errors
+    (end it with ":" for a file name, e.g. "params.yaml:")."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
+        raise ConfigError(f"{key_path(where, unknown[0])}: unknown key; allowed keys: {', '.join(fields)}")
     values = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _convert(hints[name], data[name], f"{where}.{name}")
+            values[name] = _convert(hints[name], data[name], key_path(where, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}.{name}: required key is missing")
+            raise ConfigError(f"{key_path(where, name)}: required key is missing")
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:  # __post_init__ checks across fields
@@ -82,7 +88,7 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         key_type, value_type = get_args(annotation)
-        return {_convert(key_type, k, where): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(key_type, k, where): _convert(value_type, v, key_path(where, str(k))) for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")

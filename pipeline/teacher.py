@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+# timm is imported inside the functions that build models: importing it costs seconds
+# (it pulls in torchvision), and the params loader imports this module for TeacherConfig.
 # `pipeline/__init__` has already applied the torchvision shim timm needs on CPU torch.
-import timm
-import timm.data
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def resolve_device(choice: DeviceChoice | str) -> torch.device:
 
 def _create_model(config: TeacherConfig, **kwargs) -> torch.nn.Module:
     """timm.create_model with the settings every teacher model shares."""
+    import timm
+
     return timm.create_model(config.model_name, num_classes=0, dynamic_img_size=True,
                              **config.overrides.as_kwargs(), **kwargs)
 
@@ -311,6 +313,8 @@ class Teacher:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = self._build_model().to(self.device).eval().requires_grad_(False)
+        import timm.data
+
         data_config = timm.data.resolve_data_config({}, model=self.model)
         self._mean = torch.tensor(data_config["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(data_config["std"], device=self.device).view(1, 3, 1, 1)

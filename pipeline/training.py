@@ -109,7 +109,7 @@ def distill_student(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            record = StepRecord(len(history), epoch, scheduler.get_last_lr()[0], float(loss), len(student))
+            record = StepRecord(len(history), epoch, scheduler.get_last_lr()[0], loss.item(), len(student))
             scheduler.step()
             history.append(record)
             if on_step:

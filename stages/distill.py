@@ -23,7 +23,7 @@ from pipeline.student_io import save_student
 from pipeline.students.point_inputs import Augmentation
 from pipeline.students.waffleiron import WaffleIron
 from pipeline.teacher import resolve_device
-from pipeline.training import DistillSample, StepRecord, TrainingSettings, distill_student
+from pipeline.training import DistillSample, TrainingSettings, distill_student
 from stages.assignments import OUT as ASSIGNMENTS
 from stages.common import (CACHE, PLOTS, human_size, intensity_stats, open_reader, stage_arguments,
                            start_stage, summary)

@@ -154,7 +154,7 @@ class StreetScene:
 def build_street(rng: np.random.Generator, drive_seconds: float) -> StreetScene:
     """A random street long enough for a drive of `drive_seconds` (plus sensor range around it)."""
     trajectory = EgoTrajectory(
-        speed=rng.uniform(10.0, 14.0),
+        speed=rng.uniform(6.0, 9.0),
         surge=rng.uniform(0.2, 0.6),
         lane_y=-DRIVING_LANE_Y,
         sway=rng.uniform(0.25, 0.5),
@@ -239,7 +239,7 @@ def _build_side(b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, 
         length = {"car": 4.9, "truck": 8.5, "bus": 12.5}[kind]
         width = {"car": 1.95, "truck": 2.5, "bus": 2.55}[kind]
         VEHICLES[kind](b, x + length / 2, side * (curb_y - 0.25 - width / 2), yaw, rng)
-        x += length + rng.uniform(0.8, 6.0)
+        x += length + rng.uniform(4.0, 16.0)
 
 
 def _roadworks(b: PrimitiveBuilder, rng: np.random.Generator, x: float, y: float, side: float) -> float:

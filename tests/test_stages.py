@@ -1,0 +1,169 @@
+"""Every stage's main, in process, on the small demo world in a temporary directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_params
+from pipeline.store import RaggedReader, load_safetensors
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_ORDER = ["demo_world", "prototypes", "template_features", "assignments", "teacher_features",
+               "distill", "point_features", "label", "evaluate"]
+
+
+def small_params(**changes) -> dict:
+    """The repository's params.yaml, shrunk for tests, with section-level overrides."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo_world"]["size"] = "small"
+    params["prototypes"]["images_per_class"] = 2
+    params["distill"].update(epochs=1, batch_size=2, max_points=4000)
+    params["evaluate"]["preview_scans"] = 1
+    for section, value in changes.items():
+        params[section] = value
+    return params
+
+
+@contextmanager
+def inside(folder: Path):
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+def run_stage(name: str, *args: str) -> None:
+    module = __import__(f"stages.{name}", fromlist=["main"])
+    module.main(list(args))
+
+
+def run_chain(folder: Path, params: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with inside(folder):
+        for stage in STAGE_ORDER:
+            if stage == "prototypes":
+                for class_name in params["vocabulary"]:
+                    run_stage("prototypes", class_name)
+            else:
+                run_stage(stage)
+
+
+def tree_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chain")
+    run_chain(folder, small_params())
+    return folder
+
+
+def test_every_stage_writes_its_artifact(chain):
+    params = load_params(chain / "params.yaml")
+    for class_name in params.class_names:
+        manifest = json.loads((chain / "cache/prototypes" / class_name / "manifest.json").read_text())
+        assert len(manifest["images"]) == 2 and manifest["source"] == "procedural"
+    tensors, metadata = load_safetensors(chain / "cache/template_features/templates.safetensors")
+    assert tensors["features"].shape == (2 * len(params.class_names), 192)
+    assert json.loads(metadata["class_names"]) == list(params.class_names)
+    for split in ("train", "val"):
+        assignments = RaggedReader(chain / "cache/assignments" / split)
+        taps = RaggedReader(chain / "cache/teacher_features" / split / "taps")
+        assert assignments.num_rows == taps.num_rows > 0
+    assert (chain / "cache/student/model.safetensors").is_file()
+    loss_log = (chain / "plots/distill/train_loss.csv").read_text().splitlines()
+    assert loss_log[0] == "step,epoch,lr,loss,pairs" and len(loss_log) > 1
+    features = RaggedReader(chain / "cache/point_features/val")
+    predictions = RaggedReader(chain / "cache/predictions/val")
+    for scan_id in features.scan_ids:
+        assert len(features.read(scan_id)["feature"]) == len(predictions.read(scan_id)["label"])
+    metrics = json.loads((chain / "metrics/metrics.json").read_text())
+    assert set(metrics) == {"3d", "3d_visible", "2d_baseline"}
+    for result in metrics.values():
+        assert 0.0 <= result["miou"] <= 1.0
+    for picture in ("per_class_iou.png", "confusion_3d.png", "bev_0.png"):
+        assert (chain / "plots/evaluate" / picture).stat().st_size > 10_000
+
+
+def test_chain_is_deterministic(chain, tmp_path):
+    run_chain(tmp_path / "again", small_params())
+    for artifact in ("cache/prototypes", "cache/template_features", "cache/assignments", "metrics/metrics.json"):
+        first, second = chain / artifact, tmp_path / "again" / artifact
+        if first.is_file():
+            assert first.read_bytes() == second.read_bytes(), artifact
+        else:
+            assert tree_hash(first) == tree_hash(second), artifact
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def write_params(folder: Path, params: dict) -> Path:
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder / "params.yaml"
+
+
+def test_empty_vocabulary_is_refused(tmp_path):
+    path = write_params(tmp_path, small_params(vocabulary={}))
+    with pytest.raises(ConfigError, match="params.yaml: vocabulary: is empty"):
+        load_params(path)
+
+
+def test_unknown_evaluation_label_is_named(tmp_path):
+    vocabulary = small_params()["vocabulary"]
+    vocabulary["pole"]["label"] = "lamppost"
+    path = write_params(tmp_path, small_params(vocabulary=vocabulary))
+    with pytest.raises(ConfigError, match=r"vocabulary.pole.label: 'lamppost' is not an evaluation class"):
+        load_params(path)
+
+
+def test_unknown_params_key_is_named(tmp_path):
+    params = small_params()
+    params["distill"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match=r"params.yaml: distill.learning_rate: unknown key"):
+        load_params(write_params(tmp_path, params))
+
+
+def test_class_with_no_prototype_images_stops_before_writing(tmp_path):
+    folder_root = tmp_path / "authors"
+    (folder_root / "0_road").mkdir(parents=True)
+    prototypes = dict(small_params()["prototypes"], source="folder", folder=str(folder_root))
+    write_params(tmp_path, small_params(prototypes=prototypes))
+    with inside(tmp_path), pytest.raises(ValueError, match="0_road"):
+        run_stage("prototypes", "road")
+    assert not (tmp_path / "cache/prototypes").exists()
+
+
+def test_teacher_weights_of_another_architecture_are_refused(chain, tmp_path):
+    from safetensors.torch import save_file
+
+    from pipeline.teacher import ArchitectureOverrides, Teacher, TeacherConfig, TeacherError
+
+    other = Teacher(TeacherConfig(input_size=(28, 28), template_size=(28, 28),
+                                  overrides=ArchitectureOverrides(depth=1, embed_dim=64, num_heads=2)))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in other.model.state_dict().items()}, wrong)
+    params = small_params()
+    params["teacher"]["weights"] = str(wrong)
+    write_params(tmp_path, params)
+    shutil.copytree(chain / "cache/prototypes", tmp_path / "cache/prototypes")
+    with inside(tmp_path), pytest.raises(TeacherError, match=r"wrong.safetensors does not fit"):
+        run_stage("template_features")
+    assert not (tmp_path / "cache/template_features").exists()
