@@ -1,6 +1,6 @@
 """Pictures a person looks at to check the data and the results.
 
-Colours: one fixed colour per evaluation class (matplotlib's tab20), grey for ignored points.
+Colours: one fixed, saturated colour per evaluation class index, grey for ignored points.
 """
 
 from __future__ import annotations
@@ -20,13 +20,21 @@ from pipeline.datasets.base import IGNORE_LABEL, ScanRecord
 from pipeline.geometry import project_to_cameras
 
 IGNORED_COLOUR = (0.6, 0.6, 0.6, 1.0)
+# 20 well-separated saturated colours (index = evaluation class), readable over photos.
+PALETTE = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (128, 0, 0), (0, 128, 128), (170, 110, 40),
+    (255, 250, 200), (128, 128, 0), (0, 0, 128), (0, 255, 0), (255, 0, 0), (0, 0, 0),
+    (255, 215, 180), (170, 255, 195),
+]) / 255.0
 
 
 def class_colours(labels: np.ndarray) -> np.ndarray:
     """RGBA colour per label; IGNORE_LABEL is grey."""
-    palette = plt.get_cmap("tab20")
-    colours = palette(np.asarray(labels) % 20)
-    colours[np.asarray(labels) == IGNORE_LABEL] = IGNORED_COLOUR
+    labels = np.asarray(labels)
+    colours = np.ones((len(labels), 4))
+    colours[:, :3] = PALETTE[labels % len(PALETTE)]
+    colours[labels == IGNORE_LABEL] = IGNORED_COLOUR
     return colours
 
 
@@ -37,7 +45,7 @@ def legend_handles(labels: np.ndarray, class_names: Sequence[str]) -> list[Patch
 
 def draw_bev(ax, xyz: np.ndarray, labels: np.ndarray, extent: float = 50.0, title: str = "") -> None:
     """Bird's-eye view of a scan (lidar frame, x to the right of the page)."""
-    ax.scatter(xyz[:, 0], xyz[:, 1], c=class_colours(labels), s=0.3, linewidths=0)
+    ax.scatter(xyz[:, 0], xyz[:, 1], c=class_colours(labels), s=0.8, linewidths=0)
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
     ax.set_aspect("equal")
@@ -52,7 +60,7 @@ def draw_camera_overlay(ax, record: ScanRecord, labels: np.ndarray, camera_index
     with Image.open(camera.image_path) as image:
         ax.imshow(np.asarray(image.convert("RGB")))
     ax.scatter(pairs.pixel[:, 0], pairs.pixel[:, 1], c=class_colours(labels[pairs.point_index]),
-               s=1.0, linewidths=0)
+               s=2.5, linewidths=0)
     ax.set_xlim(0, camera.width)
     ax.set_ylim(camera.height, 0)
     ax.set_title(f"{camera.name}: {len(pairs)} points", fontsize=9)

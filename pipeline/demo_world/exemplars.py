@@ -1,9 +1,13 @@
 """Isolated renders of one demo class: the "visual words" of the procedural generator.
 
 An exemplar uses the world's own appearance model (colour, texture, shading) and shapes
-(the `scene.add_*` builders), rendered alone on a neutral grey background from a random
-viewpoint. Surfaces (road, sidewalk, terrain) are shown as a patch seen from above at an
-angle, filling most of the frame. Everything is a pure function of (class, seed, size).
+(the `scene.add_*` builders), rendered alone from a random viewpoint as a close-up that
+fills most of the frame: a template vector averages the teacher's features over every
+pixel, background included, so an exemplar that is mostly background would describe the
+background. Surfaces (road, sidewalk, terrain) are a large slab seen from above at an
+angle. The rest of the frame is a neutral grey at the teacher's normalisation centre,
+which a random-weight teacher maps to a near-zero feature. Everything is a pure function
+of (class, seed, size).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from .scene import VEHICLES, add_barrier, add_bicycle, add_cone, add_pedestrian,
 from .seeding import rng_for
 from .transforms import rigid
 
-BACKGROUND = (128, 128, 128)
+# The ImageNet mean colour (the teacher's normalisation centre), as the world's hazy sky.
+BACKGROUND = (124, 116, 104)
 FIELD_OF_VIEW_DEG = 50.0
 SURFACES = ("road", "sidewalk", "terrain")
+# Fraction of the frame the object must cover; the camera moves closer until it does.
+MIN_COVERAGE = 0.8
+_PROBE_SIZE = 24
 
 
 def render_exemplar(class_name: str, seed: int, size: int) -> Image.Image:
@@ -34,34 +42,47 @@ def render_exemplar(class_name: str, seed: int, size: int) -> Image.Image:
     if size < 8:
         raise ValueError(f"exemplar size must be at least 8 pixels, got {size}")
     rng = rng_for("exemplar", class_name, seed)
-    focal = 0.5 * size / np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0)
-    k = np.array([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]])
+    tan_half = np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0)
 
     b = PrimitiveBuilder()
     if class_name in SURFACES:
         # A large slab of the surface, at a random place (the texture lives in world coordinates).
-        distance = rng.uniform(4.0, 8.0)
         center = np.array([rng.uniform(-40.0, 40.0), rng.uniform(-40.0, 40.0), 0.0])
-        b.box(class_name, center - [0.0, 0.0, 0.05], (3.0 * distance, 3.0 * distance, 0.1), rng.uniform(0.0, np.pi))
-        elevation = np.deg2rad(rng.uniform(40.0, 80.0))
-        target = center
+        b.box(class_name, center - [0.0, 0.0, 0.05], (120.0, 120.0, 0.1), rng.uniform(0.0, np.pi))
+        elevation = np.deg2rad(rng.uniform(40.0, 85.0))
+        target, gap = center, rng.uniform(2.0, 9.0)
     else:
         _build_object(b, class_name, rng)
         corners = box_corners(b.build().bounds).reshape(-1, 3)
         lo, hi = corners.min(axis=0), corners.max(axis=0)
-        target = 0.5 * (lo + hi) + rng.normal(0.0, 0.03, 3) * (hi - lo)
-        radius = 0.5 * np.linalg.norm(hi - lo)
-        distance = radius / np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0) * rng.uniform(0.95, 1.2)
-        if class_name in ("pole", "trunk"):
-            # Tall and thin: framing the whole height would leave a hairline; show a stretch.
-            target[2] = rng.uniform(lo[2] + 1.0, hi[2] - 0.5)
-            distance = rng.uniform(2.5, 5.0)
-        elevation = np.deg2rad(rng.uniform(3.0, 35.0))
+        # Look at a random point of the object's middle, from any side, at about eye height.
+        target = lo + (hi - lo) * rng.uniform(0.3, 0.7, 3)
+        elevation = np.deg2rad(rng.uniform(-5.0, 30.0))
+        # Start where the object's narrowest side about fills the frame; closer if needed.
+        narrow = min(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2])
+        gap = 0.5 * narrow / tan_half * rng.uniform(0.5, 1.0)
     azimuth = rng.uniform(0.0, 2.0 * np.pi)
-    eye = target + distance * np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+    direction = -np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
     world = World(b.build(), ground=None)
-    image = render_camera(world, k, size, size, _look_at(eye, target), far=10.0 * distance + 100.0, background=BACKGROUND)
+
+    # The surface point on the line of sight through the target, seen from far away.
+    far_eye = target - 200.0 * direction
+    centre_hit = _render(world, 1, far_eye, target, 400.0).depth[0, 0]
+    surface_point = far_eye + centre_hit * direction if centre_hit > 0.0 else target
+    for _ in range(12):
+        eye = surface_point - gap * direction
+        probe = _render(world, _PROBE_SIZE, eye, surface_point, 10.0 * gap + 100.0)
+        if (probe.classes >= 0).mean() >= MIN_COVERAGE or gap < 0.2:
+            break
+        gap *= 0.75
+    image = _render(world, size, eye, surface_point, 10.0 * gap + 100.0)
     return Image.fromarray(image.rgb, mode="RGB")
+
+
+def _render(world: World, size: int, eye: np.ndarray, target: np.ndarray, far: float):
+    focal = 0.5 * size / np.tan(np.deg2rad(FIELD_OF_VIEW_DEG) / 2.0)
+    k = np.array([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]])
+    return render_camera(world, k, size, size, _look_at(eye, target), far=far, background=BACKGROUND)
 
 
 def _build_object(b: PrimitiveBuilder, name: str, rng: np.random.Generator) -> None:
@@ -73,7 +94,7 @@ def _build_object(b: PrimitiveBuilder, name: str, rng: np.random.Generator) -> N
     elif name == "pole":
         add_pole(b, 0.0, 0.0, 1.0, rng)
     elif name == "trunk":
-        b.cylinder("trunk", 0.0, 0.0, 0.0, rng.uniform(2.0, 3.5), rng.uniform(0.2, 0.35))
+        b.cylinder("trunk", 0.0, 0.0, 0.0, rng.uniform(2.0, 3.5), rng.uniform(0.28, 0.4))
     elif name == "vegetation":
         for _ in range(int(rng.integers(1, 4))):
             r = rng.uniform(1.2, 2.4)

@@ -62,16 +62,22 @@ def add_bus(b: PrimitiveBuilder, x: float, y: float, yaw: float, rng: np.random.
 
 
 def add_pedestrian(b: PrimitiveBuilder, x: float, y: float, rng: np.random.Generator, z: float = 0.0) -> None:
-    """Cylindrical body with a head (a pedestrian is a thin tall object)."""
-    height, radius = rng.uniform(1.45, 1.7), rng.uniform(0.25, 0.32)
+    """Cylindrical body (a person in a coat, with a bag) and a head.
+
+    Chunky on purpose: a camera sits up to ~1 m away from the lidar (mount offset plus ego
+    motion between their timestamps), so each sees a thin object against a different piece
+    of background; a wider body keeps most of a pedestrian's lidar points visible to the
+    camera and spans several teacher patches.
+    """
+    height, radius = rng.uniform(1.5, 1.75), rng.uniform(0.36, 0.44)
     inst = b.new_instance()
     b.cylinder("pedestrian", x, y, z, z + height, radius, inst)
-    b.ellipsoid("pedestrian", (x, y, z + height + 0.13), (0.13, 0.13, 0.15), inst)
+    b.ellipsoid("pedestrian", (x, y, z + height + 0.14), (0.17, 0.17, 0.18), inst)
 
 
 def add_bicycle(b: PrimitiveBuilder, x: float, y: float, yaw: float, rng: np.random.Generator, z: float = 0.0) -> None:
-    """A bicycle is a low slab here (a wheel-sized box); wide enough to be seen."""
-    b.box("bicycle", (x, y, z + 0.55), (rng.uniform(1.65, 1.85), 0.5, 1.05), yaw, b.new_instance())
+    """A bicycle is a low slab here (a wheel-sized box, a loaded cargo bike); wide enough to be seen."""
+    b.box("bicycle", (x, y, z + 0.6), (rng.uniform(1.8, 2.0), 0.7, 1.2), yaw, b.new_instance())
 
 
 def add_barrier(b: PrimitiveBuilder, x: float, y: float, yaw: float, z: float = 0.0) -> None:
@@ -79,19 +85,20 @@ def add_barrier(b: PrimitiveBuilder, x: float, y: float, yaw: float, z: float = 
 
 
 def add_cone(b: PrimitiveBuilder, x: float, y: float, z: float = 0.0) -> None:
-    b.cylinder("traffic_cone", x, y, z, z + 0.75, 0.2, b.new_instance())
+    # A large (0.9 m) cone, as a cylinder: big enough to span a few teacher patches.
+    b.cylinder("traffic_cone", x, y, z, z + 0.9, 0.26, b.new_instance())
 
 
 def add_pole(b: PrimitiveBuilder, x: float, y: float, arm_direction: float, rng: np.random.Generator, z: float = 0.0) -> None:
     """A street-lamp pole with a horizontal arm towards the road (arm_direction = +1/-1 in y)."""
-    height, radius = rng.uniform(6.5, 9.0), rng.uniform(0.15, 0.2)
+    height, radius = rng.uniform(6.5, 9.0), rng.uniform(0.22, 0.28)
     b.cylinder("pole", x, y, z, z + height, radius)
-    b.box("pole", (x, y + arm_direction * 0.9, z + height - 0.15), (0.2, 1.8, 0.2))
+    b.box("pole", (x, y + arm_direction * 0.9, z + height - 0.15), (0.3, 1.8, 0.3))
 
 
 def add_tree(b: PrimitiveBuilder, x: float, y: float, rng: np.random.Generator, crown: float = 2.6, z: float = 0.0) -> None:
     """Trunk cylinder and a foliage ellipsoid sitting on it (trunk and vegetation classes)."""
-    trunk_height, radius = rng.uniform(2.2, 3.4), rng.uniform(0.2, 0.32)
+    trunk_height, radius = rng.uniform(2.2, 3.4), rng.uniform(0.28, 0.4)
     b.cylinder("trunk", x, y, z, z + trunk_height + 0.3, radius)
     rxy, rz = rng.uniform(1.6, crown), rng.uniform(1.7, 2.6)
     b.ellipsoid("vegetation", (x, y, z + trunk_height + 0.75 * rz), (rxy, rxy * rng.uniform(0.85, 1.15), rz))
@@ -154,7 +161,10 @@ class StreetScene:
 def build_street(rng: np.random.Generator, drive_seconds: float) -> StreetScene:
     """A random street long enough for a drive of `drive_seconds` (plus sensor range around it)."""
     trajectory = EgoTrajectory(
-        speed=rng.uniform(6.0, 9.0),
+        # City driving (18-29 km/h): the cameras fire 40-90 ms off the lidar, so the ego
+        # still moves a measurable 0.2-0.7 m between them, without making the lidar/camera
+        # parallax swamp small objects.
+        speed=rng.uniform(5.0, 8.0),
         surge=rng.uniform(0.2, 0.6),
         lane_y=-DRIVING_LANE_Y,
         sway=rng.uniform(0.25, 0.5),
@@ -170,14 +180,19 @@ def build_street(rng: np.random.Generator, drive_seconds: float) -> StreetScene:
         x_max=travel + 130.0,
     )
     b = PrimitiveBuilder()
+    # Roadworks on both sides within the drive, so every scene has barriers and cones.
+    works = {1.0: "barriers", -1.0: "cones"} if rng.uniform() < 0.5 else {1.0: "cones", -1.0: "barriers"}
     for side in (1.0, -1.0):
-        _build_side(b, rng, layout, side)
+        _build_side(b, rng, layout, side, (rng.uniform(0.1, 0.7) * travel, works[side]))
     _build_traffic(b, rng, layout, travel)
     return StreetScene(World(b.build(), Ground(layout.road_half_width)), layout, trajectory)
 
 
-def _build_side(b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, side: float) -> None:
-    """Everything on one side of the road (side = +1 left, -1 right)."""
+def _build_side(
+    b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, side: float, works: tuple[float, str]
+) -> None:
+    """Everything on one side of the road (side = +1 left, -1 right); `works` = (x, kind) of a
+    roadworks spot the parking lane always gets near x."""
     curb_y = s.road_half_width
     walk_outer = curb_y + s.sidewalk_width
     grass_outer = walk_outer + s.terrain_width
@@ -214,11 +229,8 @@ def _build_side(b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, 
         x += rng.uniform(3.0, 9.0)
 
     x = s.x_min + rng.uniform(0.0, 6.0)
-    while x < s.x_max:  # pedestrians on the sidewalk, a few on the grass
-        if rng.uniform() < 0.85:
-            add_pedestrian(b, x, side * (curb_y + rng.uniform(0.6, s.sidewalk_width - 0.5)), rng, z=CURB_HEIGHT)
-        else:
-            add_pedestrian(b, x, side * (walk_outer + rng.uniform(0.6, s.terrain_width - 0.6)), rng)
+    while x < s.x_max:  # pedestrians on the sidewalk
+        add_pedestrian(b, x, side * (curb_y + rng.uniform(0.7, s.sidewalk_width - 0.6)), rng, z=CURB_HEIGHT)
         x += rng.uniform(4.0, 12.0)
 
     x = s.x_min + rng.uniform(0.0, 15.0)
@@ -227,10 +239,14 @@ def _build_side(b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, 
         x += rng.uniform(12.0, 30.0)
 
     x = s.x_min + rng.uniform(0.0, 4.0)
+    works_x, works_kind = works
     while x < s.x_max:  # the parking lane: vehicles, and now and then a roadworks spot
         u = rng.uniform()
+        if works_x is not None and x >= works_x:
+            x, works_x = _roadworks(b, rng, x, side * (curb_y - 1.1), works_kind), None
+            continue
         if u < 0.16:
-            x = _roadworks(b, rng, x, side * (curb_y - 1.1), side)
+            x = _roadworks(b, rng, x, side * (curb_y - 1.1), "barriers" if rng.uniform() < 0.5 else "cones")
             continue
         kind = "car" if u < 0.75 else ("truck" if u < 0.9 else "bus")
         yaw = (0.0 if rng.uniform() < 0.5 else np.pi) + rng.normal(0.0, 0.03)
@@ -239,12 +255,14 @@ def _build_side(b: PrimitiveBuilder, rng: np.random.Generator, s: StreetLayout, 
         length = {"car": 4.9, "truck": 8.5, "bus": 12.5}[kind]
         width = {"car": 1.95, "truck": 2.5, "bus": 2.55}[kind]
         VEHICLES[kind](b, x + length / 2, side * (curb_y - 0.25 - width / 2), yaw, rng)
+        # Generous gaps: a camera looks through a gap from a slightly different place than
+        # the lidar, so many narrow gaps would hide much of the kerb side from one of them.
         x += length + rng.uniform(4.0, 16.0)
 
 
-def _roadworks(b: PrimitiveBuilder, rng: np.random.Generator, x: float, y: float, side: float) -> float:
+def _roadworks(b: PrimitiveBuilder, rng: np.random.Generator, x: float, y: float, kind: str) -> float:
     """A row of barriers or cones in the parking lane; returns the next free x."""
-    if rng.uniform() < 0.5:
+    if kind == "barriers":
         for i in range(int(rng.integers(2, 5))):
             add_barrier(b, x + 1.0 + 2.1 * i, y, rng.normal(0.0, 0.05))
             end = x + 2.1 * (i + 1)
