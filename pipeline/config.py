@@ -18,8 +18,13 @@ from typing import Literal
 import yaml
 
 from pipeline.config_loading import ConfigError, build, key_path
-from pipeline.datasets.label_map import LabelMap, nuscenes_label_map, semantic_kitti_label_map
+from pipeline.datasets.label_map import (
+    LabelMap,
+    nuscenes_label_map,
+    semantic_kitti_label_map,
+)
 from pipeline.generation.diffusers_backend import DiffusersConfig
+from pipeline.students.point_inputs import INTENSITY_STATS, IntensityStats
 from pipeline.students.waffleiron import WaffleIronConfig
 from pipeline.teacher import TeacherConfig
 
@@ -44,6 +49,14 @@ class DatasetParams:
 
     def label_map(self) -> LabelMap:
         return nuscenes_label_map() if self.format == "nuscenes" else semantic_kitti_label_map()
+
+    def intensity_stats(self) -> IntensityStats:
+        """The intensity standardisation: params override the dataset's reference values."""
+        reference = INTENSITY_STATS[self.format]
+        return IntensityStats(
+            mean=reference.mean if self.intensity_mean is None else self.intensity_mean,
+            std=reference.std if self.intensity_std is None else self.intensity_std,
+        )
 
     @property
     def splits(self) -> tuple[str, ...]:

@@ -42,8 +42,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from pipeline.devices import DeviceChoice, resolve_device
 
 # timm is imported inside the functions that build models: importing it costs seconds
 # (it pulls in torchvision), and the params loader imports this module for TeacherConfig.
@@ -52,7 +53,6 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
-DeviceChoice = Literal["auto", "cpu", "cuda"]
 PixelMode = Literal["pixel", "patch"]
 ImageLike = Image.Image | np.ndarray | str | Path
 
@@ -122,15 +122,6 @@ class TeacherConfig:
             if len(size) != 2 or min(size) <= 0:
                 raise ValueError(f"teacher {name} must be (H, W) with positive sizes, got {size}")
             object.__setattr__(self, name, (int(size[0]), int(size[1])))
-
-
-def resolve_device(choice: DeviceChoice | str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without CUDA is an error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise TeacherError("teacher device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(choice)
 
 
 def _create_model(config: TeacherConfig, **kwargs) -> torch.nn.Module:
@@ -311,7 +302,7 @@ class Teacher:
 
     def __init__(self, config: TeacherConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, "teacher.device")
         self.model = self._build_model().to(self.device).eval().requires_grad_(False)
         import timm.data
 

@@ -19,7 +19,12 @@ import torch
 from tqdm import tqdm
 
 from pipeline.distillation import ScheduleConfig, build_optimizer, normalized_l2_loss
-from pipeline.students.point_inputs import Augmentation, IntensityStats, collate, prepare_scan
+from pipeline.students.point_inputs import (
+    Augmentation,
+    IntensityStats,
+    collate,
+    prepare_scan,
+)
 from pipeline.students.waffleiron import WaffleIron
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.assignments import assign_points, scan_rng
+from pipeline.datasets import open_reader
 from pipeline.store import RaggedWriter
 from pipeline.teacher import teacher_patch_size
-from stages.common import CACHE, human_size, open_reader, stage_arguments, start_stage, summary
+from stages.common import (
+    ASSIGNMENTS,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
-OUT = CACHE / "assignments"
 COLUMNS = {
     "point_index": ("int32", ()),
     "camera": ("uint8", ()),
@@ -55,10 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     params = start_stage("assignments", args)
     with summary("assignments") as facts:
         for split in params.dataset.splits:
-            counts = write_split(params, split, OUT / split)
+            counts = write_split(params, split, ASSIGNMENTS / split)
             facts[split] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
                             f"assigned ({100 * counts['assigned'] / max(counts['points'], 1):.1f}%), "
-                            f"{counts['dropped']} non-finite dropped, {human_size(OUT / split)}")
+                            f"{counts['dropped']} non-finite dropped, {human_size(ASSIGNMENTS / split)}")
 
 
 if __name__ == "__main__":

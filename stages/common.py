@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import DatasetParams, Params, load_params
+from pipeline.config import Params, load_params
 
 log = logging.getLogger("stages")
 
@@ -21,6 +21,18 @@ PARAMS_FILE = Path("params.yaml")
 CACHE = Path("cache")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+
+# Where every stage's artifact lives (the `outs` of dvc.yaml).
+DEMO_ROOT = Path("data/demo")
+PROTOTYPES = CACHE / "prototypes"  # /<class>/
+TEMPLATES_FILE = CACHE / "template_features" / "templates.safetensors"
+ASSIGNMENTS = CACHE / "assignments"  # /<split>/
+TEACHER_FEATURES = CACHE / "teacher_features"  # /<split>/{patches,taps}
+STUDENT = CACHE / "student"
+LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
+POINT_FEATURES = CACHE / "point_features"  # /<split>/
+PREDICTIONS = CACHE / "predictions"  # /<split>/
+PICTURES = PLOTS / "evaluate"
 
 
 def stage_arguments(description: str) -> argparse.ArgumentParser:
@@ -58,25 +70,3 @@ def human_size(path: Path) -> str:
             return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
         total /= 1024
     return f"{total} B"
-
-
-def open_reader(dataset: DatasetParams, split: str, **options):
-    """The scan reader for one split of the dataset that params select."""
-    if dataset.format == "nuscenes":
-        from pipeline.datasets.nuscenes import NuScenesReader
-
-        return NuScenesReader(dataset.root, dataset.version, split, **options)
-    from pipeline.datasets.semantic_kitti import SemanticKittiReader
-
-    return SemanticKittiReader(dataset.root, split, **options)
-
-
-def intensity_stats(dataset: DatasetParams):
-    """The intensity standardisation of the dataset: params override the reference values."""
-    from pipeline.students.point_inputs import INTENSITY_STATS, IntensityStats
-
-    reference = INTENSITY_STATS[dataset.format]
-    return IntensityStats(
-        mean=reference.mean if dataset.intensity_mean is None else dataset.intensity_mean,
-        std=reference.std if dataset.intensity_std is None else dataset.intensity_std,
-    )

@@ -15,9 +15,14 @@ from pipeline.datasets.nuscenes import NuScenesReader
 from pipeline.datasets.semantic_kitti import SemanticKittiReader
 from pipeline.demo_world import DemoWorldConfig, write_demo_world
 from pipeline.viz import save_scan_preview
-from stages.common import human_size, log, stage_arguments, start_stage, summary
-
-DEMO_ROOT = Path("data/demo")
+from stages.common import (
+    DEMO_ROOT,
+    human_size,
+    log,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def write_previews(root: Path) -> list[Path]:

@@ -17,20 +17,24 @@ import torch
 
 from pipeline.assignments import combine_taps
 from pipeline.config_loading import ConfigError
+from pipeline.datasets import open_reader
+from pipeline.devices import resolve_device
 from pipeline.distillation import ScheduleConfig
-from pipeline.store import RaggedReader, atomic_output, load_safetensors
+from pipeline.store import RaggedReader, atomic_output
 from pipeline.student_io import save_student
 from pipeline.students.point_inputs import Augmentation
 from pipeline.students.waffleiron import WaffleIron
-from pipeline.teacher import resolve_device
 from pipeline.training import DistillSample, TrainingSettings, distill_student
-from stages.assignments import OUT as ASSIGNMENTS
-from stages.common import (CACHE, PLOTS, human_size, intensity_stats, open_reader, stage_arguments,
-                           start_stage, summary)
-from stages.teacher_features import OUT as TEACHER_FEATURES
-
-OUT = CACHE / "student"
-LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
+from stages.common import (
+    ASSIGNMENTS,
+    LOSS_LOG,
+    STUDENT,
+    TEACHER_FEATURES,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 class SampleLoader:
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         model = WaffleIron(params.student)
         device = resolve_device("auto")
         history = distill_student(model, loader.assignments.scan_ids, loader, settings,
-                                  intensity_stats(params.dataset), device)
-        with atomic_output(OUT) as tmp:
+                                  params.dataset.intensity_stats(), device)
+        with atomic_output(STUDENT) as tmp:
             save_student(tmp, model, {"teacher": loader.patches.attributes.get("teacher", ""),
                                       "epochs": cfg.epochs, "steps": len(history),
                                       "final_loss": history[-1].loss})
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 writer.writerows(asdict(r) for r in history)
         facts["steps"] = len(history)
         facts["loss"] = f"{history[0].loss:.4f} -> {history[-1].loss:.4f}"
-        facts["wrote"] = f"{OUT} ({human_size(OUT)}), {LOSS_LOG}"
+        facts["wrote"] = f"{STUDENT} ({human_size(STUDENT)}), {LOSS_LOG}"
 
 
 if __name__ == "__main__":

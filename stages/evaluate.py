@@ -19,15 +19,22 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.datasets import open_reader
 from pipeline.datasets.base import IGNORE_LABEL
 from pipeline.metrics import ConfusionAccumulator
 from pipeline.store import RaggedReader, atomic_output, save_json
 from pipeline.viz import save_confusion_heatmap, save_iou_bars, save_prediction_bev
-from stages.common import METRICS, PLOTS, log, open_reader, stage_arguments, start_stage, summary
-from stages.label import OUT as PREDICTIONS
+from stages.common import (
+    METRICS,
+    PICTURES,
+    PREDICTIONS,
+    log,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 RESULTS = ("3d", "3d_visible", "2d_baseline")
-PICTURES = PLOTS / "evaluate"
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:

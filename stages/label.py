@@ -13,6 +13,8 @@ Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -21,13 +23,17 @@ from pipeline.assignments import combine_taps
 from pipeline.classifier import fit_classifier
 from pipeline.datasets.base import IGNORE_LABEL
 from pipeline.store import RaggedReader, RaggedWriter, load_safetensors
-from stages.assignments import OUT as ASSIGNMENTS
-from stages.common import CACHE, human_size, stage_arguments, start_stage, summary
-from stages.point_features import OUT as POINT_FEATURES
-from stages.teacher_features import OUT as TEACHER_FEATURES
-from stages.template_features import TEMPLATES_FILE
-
-OUT = CACHE / "predictions"
+from stages.common import (
+    ASSIGNMENTS,
+    POINT_FEATURES,
+    PREDICTIONS,
+    TEACHER_FEATURES,
+    TEMPLATES_FILE,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def prompt_to_eval_label(params) -> np.ndarray:
@@ -38,7 +44,7 @@ def prompt_to_eval_label(params) -> np.ndarray:
 
 def fit_from_templates(params):
     tensors, metadata = load_safetensors(TEMPLATES_FILE)
-    stored = tuple(__import__("json").loads(metadata["class_names"]))
+    stored = tuple(json.loads(metadata["class_names"]))
     if stored != params.class_names:
         raise ValueError(f"{TEMPLATES_FILE}: holds classes {stored}, params list {params.class_names}; "
                          "rerun the template_features stage")
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("label", args)
     split = params.dataset.eval_split
-    out = OUT / split
+    out = PREDICTIONS / split
     with summary("label") as facts:
         classifier = fit_from_templates(params)
         to_eval = prompt_to_eval_label(params)

@@ -14,25 +14,30 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from pipeline.datasets import open_reader
+from pipeline.devices import resolve_device
 from pipeline.store import RaggedWriter
 from pipeline.student_io import load_student
 from pipeline.students.point_inputs import collate, prepare_scan
-from pipeline.teacher import resolve_device
-from stages.common import CACHE, human_size, intensity_stats, open_reader, stage_arguments, start_stage, summary
-from stages.distill import OUT as STUDENT
-
-OUT = CACHE / "point_features"
+from stages.common import (
+    POINT_FEATURES,
+    STUDENT,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("point_features", args)
     split = params.dataset.eval_split
-    out = OUT / split
+    out = POINT_FEATURES / split
     with summary("point_features") as facts:
         device = resolve_device("auto")
         model, metadata = load_student(STUDENT, device)
-        stats = intensity_stats(params.dataset)
+        stats = params.dataset.intensity_stats()
         reader = open_reader(params.dataset, split)
         points = kept = 0
         columns = {"feature": ("float16", (model.config.out_channels,))}

@@ -14,11 +14,22 @@ from __future__ import annotations
 from pipeline.config_loading import ConfigError
 from pipeline.generation.blank import generate_class_images
 from pipeline.generation.image_folder import load_class_images
-from pipeline.generation.manifest import ClassManifest, ManifestImage, prototype_file_name, save_png, write_manifest
+from pipeline.generation.manifest import (
+    ClassManifest,
+    ManifestImage,
+    prototype_file_name,
+    save_png,
+    write_manifest,
+)
 from pipeline.store import atomic_output
-from stages.common import CACHE, human_size, log, stage_arguments, start_stage, summary
-
-OUT = CACHE / "prototypes"
+from stages.common import (
+    PROTOTYPES,
+    human_size,
+    log,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def made_images(params, class_name: str) -> tuple[list, str]:
@@ -49,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.class_name not in params.vocabulary:
         raise ConfigError(f"{args.params}: vocabulary has no class {args.class_name!r}; "
                           f"it has {', '.join(params.vocabulary)}")
-    out = OUT / args.class_name
+    out = PROTOTYPES / args.class_name
     with summary(f"prototypes {args.class_name}") as facts:
         images, source = made_images(params, args.class_name)
         entries = []

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline.assignments import ScanAssignments, needed_patches, patch_taps
+from pipeline.datasets import open_reader
 from pipeline.store import RaggedReader, RaggedWriter, atomic_output
 from pipeline.teacher import Teacher
-from stages.assignments import OUT as ASSIGNMENTS
-from stages.common import CACHE, human_size, open_reader, stage_arguments, start_stage, summary
-
-OUT = CACHE / "teacher_features"
+from stages.common import (
+    ASSIGNMENTS,
+    TEACHER_FEATURES,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def read_assignments(store: RaggedReader, scan_id: str) -> ScanAssignments:
@@ -72,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         teacher = Teacher(params.teacher)
         facts["teacher"] = teacher.teacher_id
         for split in params.dataset.splits:
-            counts = write_split(params, teacher, split, OUT / split)
+            counts = write_split(params, teacher, split, TEACHER_FEATURES / split)
             facts[split] = (f"{counts['scans']} scans, {counts['images']} images, "
-                            f"{counts['patches']} patches kept, {human_size(OUT / split)}")
+                            f"{counts['patches']} patches kept, {human_size(TEACHER_FEATURES / split)}")
 
 
 if __name__ == "__main__":

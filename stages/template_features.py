@@ -17,11 +17,14 @@ from tqdm import tqdm
 from pipeline.generation.manifest import ManifestError, read_manifest
 from pipeline.store import save_safetensors
 from pipeline.teacher import Teacher
-from stages.common import CACHE, human_size, stage_arguments, start_stage, summary
-from stages.prototypes import OUT as PROTOTYPES
-
-OUT = CACHE / "template_features"
-TEMPLATES_FILE = OUT / "templates.safetensors"
+from stages.common import (
+    PROTOTYPES,
+    TEMPLATES_FILE,
+    human_size,
+    stage_arguments,
+    start_stage,
+    summary,
+)
 
 
 def prototype_images(class_name: str) -> list[Image.Image]:
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             images = prototype_images(class_name)
             features.append(teacher.encode_templates(images, params.template_features.batch_size))
             labels.append(np.full(len(images), index, dtype=np.int64))
-        OUT.mkdir(parents=True, exist_ok=True)
+        TEMPLATES_FILE.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(TEMPLATES_FILE, {"features": np.concatenate(features), "labels": np.concatenate(labels)},
                          {"class_names": list(params.class_names), "teacher": teacher.teacher_id})
         facts["classes"] = len(params.class_names)

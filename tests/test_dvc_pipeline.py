@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -32,6 +33,47 @@ def test_every_stage_module_and_code_dependency_exists():
         for dep in body["deps"]:
             if dep.startswith(("pipeline", "stages")):
                 assert (REPO / dep).exists(), f"{name}: dependency {dep} does not exist"
+
+
+def imported_files(path: Path) -> set[Path]:
+    """Project files a module imports (also inside functions), as paths relative to the repo."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                package = list(path.relative_to(REPO).parent.parts)[: len(path.relative_to(REPO).parts) - node.level]
+                module = ".".join(package + ([module] if module else []))
+            names = [module] + [f"{module}.{a.name}" for a in node.names]
+        for name in names:
+            if not name.startswith(("pipeline", "stages")):
+                continue
+            for candidate in (Path(*name.split(".")).with_suffix(".py"), Path(*name.split(".")) / "__init__.py"):
+                if (REPO / candidate).is_file():
+                    found.add(candidate)
+    return found
+
+
+def code_closure(stage_file: Path) -> set[Path]:
+    """The stage module and every project module it reaches. `pipeline/config.py` is followed no
+    further: it imports library modules only for their config dataclasses."""
+    seen, todo = set(), [stage_file]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if path != Path("pipeline/config.py"):
+            todo += imported_files(REPO / path)
+    return seen - {Path("pipeline/__init__.py"), Path("stages/__init__.py"), Path("pipeline/compat.py")}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    for name, stage in dvc_stages().items():
+        deps = [Path(d) for d in stage.get("do", stage)["deps"]]
+        for path in sorted(code_closure(Path("stages") / f"{name}.py")):
+            assert any(path == d or d in path.parents for d in deps), f"stage {name}: {path} is not in its deps"
 
 
 def test_every_params_section_a_stage_reads_is_declared():

@@ -154,7 +154,12 @@ def test_class_with_no_prototype_images_stops_before_writing(tmp_path):
 def test_teacher_weights_of_another_architecture_are_refused(chain, tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.teacher import ArchitectureOverrides, Teacher, TeacherConfig, TeacherError
+    from pipeline.teacher import (
+        ArchitectureOverrides,
+        Teacher,
+        TeacherConfig,
+        TeacherError,
+    )
 
     other = Teacher(TeacherConfig(input_size=(28, 28), template_size=(28, 28),
                                   overrides=ArchitectureOverrides(depth=1, embed_dim=64, num_heads=2)))
@@ -167,3 +172,70 @@ def test_teacher_weights_of_another_architecture_are_refused(chain, tmp_path):
     with inside(tmp_path), pytest.raises(TeacherError, match=r"wrong.safetensors does not fit"):
         run_stage("template_features")
     assert not (tmp_path / "cache/template_features").exists()
+
+
+# ----------------------------------------------------------------------------- sabotage
+
+
+def baseline_miou(folder: Path) -> float:
+    return json.loads((folder / "metrics/metrics.json").read_text())["2d_baseline"]["miou"]
+
+
+def copy_chain(chain: Path, folder: Path) -> Path:
+    shutil.copytree(chain, folder, symlinks=True)
+    return folder
+
+
+def test_wrong_camera_transform_drops_the_2d_baseline(chain, tmp_path, monkeypatch):
+    """Rotating every camera by 3 degrees must ruin the 2D baseline: the metric can fail."""
+    import dataclasses
+
+    import pipeline.datasets
+
+    turn = np.deg2rad(3.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
+    honest_open_reader = pipeline.datasets.open_reader
+
+    def sabotaged_open_reader(*args, **kwargs):
+        reader = honest_open_reader(*args, **kwargs)
+        honest_read = reader.read
+
+        def read(scan_id):
+            record = honest_read(scan_id)
+            record.cameras = [dataclasses.replace(c, lidar_to_camera=rotation @ c.lidar_to_camera)
+                              for c in record.cameras]
+            return record
+
+        reader.read = read
+        return reader
+
+    folder = copy_chain(chain, tmp_path / "sabotaged")
+    for module in ("assignments", "teacher_features"):
+        monkeypatch.setattr(f"stages.{module}.open_reader", sabotaged_open_reader)
+    with inside(folder):
+        for stage in ("assignments", "teacher_features", "label", "evaluate"):
+            run_stage(stage)
+    honest, sabotaged = baseline_miou(chain), baseline_miou(folder)
+    assert sabotaged <= honest - 0.3, (honest, sabotaged)
+
+
+def test_shuffled_teacher_features_drop_the_2d_baseline(chain, tmp_path):
+    from pipeline.store import RaggedWriter
+
+    folder = copy_chain(chain, tmp_path / "shuffled")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        path = folder / "cache/teacher_features" / split / "patches"
+        store = RaggedReader(path)
+        scans = {scan_id: store.read(scan_id) for scan_id in store.scan_ids}
+        shutil.rmtree(path)
+        with RaggedWriter(path, store.columns, attributes=store.attributes) as writer:
+            for scan_id, rows in scans.items():
+                writer.append(scan_id, feature=rows["feature"][rng.permutation(len(rows["feature"]))],
+                              patch_id=rows["patch_id"])
+    with inside(folder):
+        for stage in ("label", "evaluate"):
+            run_stage(stage)
+    honest, sabotaged = baseline_miou(chain), baseline_miou(folder)
+    assert sabotaged <= honest - 0.3, (honest, sabotaged)

@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
 import pipeline  # noqa: F401  (torchvision shim before timm)
-import timm
 from pipeline.teacher import (
     ArchitectureOverrides,
     Teacher,

@@ -80,7 +80,9 @@ class NuScenesReader:
             raise DatasetError(f"{self.root}: nuScenes dataset root does not exist")
         if not (self.root / version).is_dir():
             raise DatasetError(f"{self.root / version}: nuScenes version folder is missing")
-        from nuscenes.nuscenes import NuScenes  # heavy import, only when a reader is built
+        from nuscenes.nuscenes import (
+            NuScenes,  # heavy import, only when a reader is built
+        )
 
         self.nusc = NuScenes(version=version, dataroot=str(self.root), verbose=False)
         scene_names = set(self._split_scene_names())

@@ -37,10 +37,11 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from pipeline.devices import DeviceChoice, resolve_device
+
 log = logging.getLogger(__name__)
 
 DType = Literal["fp32", "fp16", "bf16"]
-DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _AUTO_PIPELINE = "AutoPipelineForText2Image"
@@ -141,15 +142,6 @@ def resolve_pipeline_class(name: str | None) -> type:
     )
 
 
-def resolve_device(choice: str) -> torch.device:
-    """"auto" -> CUDA when torch sees it, else CPU; "cuda" without CUDA is an error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise DiffusersConfigError("diffusers.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(choice)
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The torch dtype for `name` on `device`; CPU is forced to fp32 (logged)."""
     if device.type == "cpu" and name != "fp32":
@@ -201,7 +193,7 @@ class DiffusersGenerator:
     def __init__(self, config: DiffusersConfig) -> None:
         self.config = config
         self.pipeline_class = resolve_pipeline_class(config.pipeline_class)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, "prototypes.diffusers.device")
         self.dtype = resolve_dtype(config.dtype, self.device)
         self._pipe: Any = None
 
