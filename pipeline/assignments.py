@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.base import ScanRecord
-from pipeline.geometry import project_to_cameras
+from pipeline.geometry import PointPixels, project_to_cameras
 from pipeline.teacher import _bilinear_taps
 
 AssignmentMode = Literal["pixel", "patch"]
@@ -48,15 +48,44 @@ class ScanAssignments:
         return len(self.point_index)
 
 
+OCCLUSION_MARGIN = 0.5  # metres (plus 5% of the depth) a point may lie behind its cell's nearest
+
+
+def visible_pairs(pairs: PointPixels, cell_pixels: int) -> np.ndarray:
+    """Mask of the (point, camera) pairs not hidden behind other lidar points.
+
+    A lidar z-buffer: each camera image is cut into cells of `cell_pixels` x `cell_pixels`
+    pixels, and a pair is hidden when another point of its cell is nearer to the camera by
+    more than OCCLUSION_MARGIN plus 5% of its depth. The cameras sit elsewhere than the lidar
+    and fire at other times, so they see some lidar points occluded; without this test such
+    a point would be taught (and, in the 2D baseline, labelled by) whatever hides it.
+    """
+    col = pairs.pixel[:, 0].astype(np.int64) // cell_pixels
+    row = pairs.pixel[:, 1].astype(np.int64) // cell_pixels
+    cells = (pairs.camera_index.astype(np.int64) << 40) + (row << 20) + col
+    unique_cells, cell_of_pair = np.unique(cells, return_inverse=True)
+    nearest = np.full(len(unique_cells), np.inf)
+    np.minimum.at(nearest, cell_of_pair, pairs.depth)
+    return pairs.depth <= nearest[cell_of_pair] * 1.05 + OCCLUSION_MARGIN
+
+
 def assign_points(
     record: ScanRecord,
     input_size: tuple[int, int],
     patch_size: int,
     min_depth: float,
     rng: np.random.Generator,
+    occlusion_cell: int = 0,
 ) -> ScanAssignments:
-    """Keep one random camera for every point some camera sees, and its teacher pixel."""
+    """Keep one random camera for every point some camera sees, and its teacher pixel.
+
+    occlusion_cell: 0 keeps every projected point (ScaLR+); > 0 first drops the pairs the
+    lidar z-buffer of `visible_pairs` finds hidden (cells of that many camera pixels), so a
+    point picks a camera that really sees it.
+    """
     pairs = project_to_cameras(record.points[:, :3], record.cameras, min_depth=min_depth)
+    if occlusion_cell > 0:
+        pairs = pairs.take(visible_pairs(pairs, occlusion_cell))
     # Random order among the pairs of a point, then the first pair of each point wins.
     order = np.lexsort((rng.random(len(pairs)), pairs.point_index))
     point_sorted = pairs.point_index[order]

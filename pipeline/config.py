@@ -123,11 +123,16 @@ class AssignmentParams:
     pixel; "patch" (DITR) takes the patch at floor(pixel / patch size).
     camera_selection: "random" keeps one camera per point among those that see it (seeded).
     min_depth: points closer than this to a camera (metres) are not assigned to it.
+    occlusion_cell: 0 assigns every point that projects into an image (ScaLR+); N > 0 first
+    drops the points that nearer lidar points hide in an N x N pixel cell of the camera image
+    (a lidar z-buffer), so points are taught, and 2D-labelled, by what the camera really sees.
+    Scale N with the image resolution.
     """
 
     mode: Literal["pixel", "patch"] = "pixel"
     camera_selection: Literal["random"] = "random"
     min_depth: float = 1.0
+    occlusion_cell: int = 0
     seed: int = 0
 
 

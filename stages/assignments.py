@@ -47,7 +47,7 @@ def write_split(params, split: str, out: Path) -> dict:
         for scan_id in tqdm(reader.scan_ids, desc=f"assignments {split}", unit="scan"):
             record = reader.read(scan_id)
             result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
-                                   scan_rng(cfg.seed, scan_id))
+                                   scan_rng(cfg.seed, scan_id), cfg.occlusion_cell)
             writer.append(scan_id, point_index=result.point_index, camera=result.camera,
                           pixel=result.pixel, patch=result.patch)
             points += len(record.points)

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.distillation import ScheduleConfig, build_optimizer, lr_factor, normalized_l2_loss
+from pipeline.distillation import (
+    ScheduleConfig,
+    build_optimizer,
+    lr_factor,
+    normalized_l2_loss,
+)
 
 
 def test_loss_is_zero_for_identical_directions_with_finite_gradient():

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_diffusers import save_tiny_pipeline
 
 import pipeline  # noqa: F401  (torchvision shim first)
 from pipeline.generation import (
@@ -23,6 +24,7 @@ from pipeline.generation import (
     ManifestImage,
     ModelUnavailableError,
     PrototypeFolderError,
+    diffusers_backend,
     generate_class_images,
     image_seed,
     is_blank,
@@ -34,10 +36,7 @@ from pipeline.generation import (
     scan_class_folders,
     write_manifest,
 )
-from pipeline.generation import diffusers_backend
 from pipeline.generation.manifest import MANIFEST_NAME
-
-from tiny_diffusers import save_tiny_pipeline
 
 TEMPLATES = ("a photo of a {}", "a {} on a street")
 

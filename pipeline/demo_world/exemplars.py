@@ -19,7 +19,14 @@ from .classes import CLASS_INDEX, DEMO_CLASS_NAMES
 from .primitives import PrimitiveBuilder, World
 from .raycast import box_corners
 from .render import render_camera
-from .scene import VEHICLES, add_barrier, add_bicycle, add_cone, add_pedestrian, add_pole
+from .scene import (
+    VEHICLES,
+    add_barrier,
+    add_bicycle,
+    add_cone,
+    add_pedestrian,
+    add_pole,
+)
 from .seeding import rng_for
 from .transforms import rigid
 
@@ -53,13 +60,16 @@ def render_exemplar(class_name: str, seed: int, size: int) -> Image.Image:
         target, gap = center, rng.uniform(2.0, 9.0)
     else:
         _build_object(b, class_name, rng)
-        corners = box_corners(b.build().bounds).reshape(-1, 3)
+        prims = b.build()
+        corners = box_corners(prims.bounds).reshape(-1, 3)
         lo, hi = corners.min(axis=0), corners.max(axis=0)
-        # Look at a random point of the object's middle, from any side, at about eye height.
-        target = lo + (hi - lo) * rng.uniform(0.3, 0.7, 3)
+        # Look at a random point inside the object's largest part (a pole's shaft rather than
+        # its arm), from any side, near eye height.
+        part = prims.bounds[int(np.argmax(np.prod(prims.bounds[:, 3:6], axis=1)))]
+        target = part[:3] + part[3:6] * rng.uniform([-0.3, -0.3, -0.6], [0.3, 0.3, 0.6])
         elevation = np.deg2rad(rng.uniform(-5.0, 30.0))
-        # Start where the object's narrowest side about fills the frame; closer if needed.
         narrow = min(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2])
+        # Start where the object's narrowest side about fills the frame; closer if needed.
         gap = 0.5 * narrow / tan_half * rng.uniform(0.5, 1.0)
     azimuth = rng.uniform(0.0, 2.0 * np.pi)
     direction = -np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])

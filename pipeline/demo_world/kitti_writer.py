@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import KITTI_ID_OF_CLASS, KITTI_OUTLIER_ID, KITTI_RAW_NAMES, KITTI_TRUTH_NOTHING
+from .classes import (
+    KITTI_ID_OF_CLASS,
+    KITTI_OUTLIER_ID,
+    KITTI_RAW_NAMES,
+    KITTI_TRUTH_NOTHING,
+)
 from .config import DemoWorldConfig
 from .images import depth_centimetres, write_png
 from .render import render_camera, scan_lidar

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import NUSCENES_INDEX_OF_CLASS, NUSCENES_LIDARSEG_CATEGORIES, NUSCENES_NOISE_INDEX, NUSCENES_TRUTH_NOTHING
+from .classes import (
+    NUSCENES_INDEX_OF_CLASS,
+    NUSCENES_LIDARSEG_CATEGORIES,
+    NUSCENES_NOISE_INDEX,
+    NUSCENES_TRUTH_NOTHING,
+)
 from .config import DemoWorldConfig
 from .images import depth_centimetres, write_jpeg, write_png
 from .render import render_camera, scan_lidar
