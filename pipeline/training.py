@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.assignments import combine_taps
 from pipeline.distillation import ScheduleConfig, build_optimizer, normalized_l2_loss
 from pipeline.students.point_inputs import (
     Augmentation,
@@ -32,16 +33,26 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillSample:
-    """One training scan.
+    """One training scan and its teacher targets, kept in their compact cached form.
 
     points: float32 (N, 4) x, y, z, intensity.
-    target_row: int64 (N,) row of `targets` that teaches each point, -1 when none does.
-    targets: (A, D) teacher features (any float dtype).
+    target_row: int64 (N,) assignment row that teaches each point, -1 when none does.
+    patch_features: (U, D) teacher features of the patches the assignments read.
+    tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
+        weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
+        training step keeps, a few thousand of the scan's tens of thousands.
     """
 
     points: np.ndarray
     target_row: np.ndarray
-    targets: torch.Tensor
+    patch_features: torch.Tensor
+    tap: torch.Tensor
+    weight: torch.Tensor
+
+    def targets(self, rows: np.ndarray) -> torch.Tensor:
+        """(len(rows), D) float32 teacher features of the given assignment rows."""
+        index = torch.from_numpy(rows)
+        return combine_taps(self.patch_features, self.tap[index], self.weight[index])
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def training_batch(
         rows = sample.target_row[scan.point_index]
         taught = rows >= 0
         student.append(output[torch.from_numpy(taught).to(device)])
-        teacher.append(sample.targets[torch.from_numpy(rows[taught])].to(device))
+        teacher.append(sample.targets(rows[taught]).to(device))
     return torch.cat(student), torch.cat(teacher)
 
 

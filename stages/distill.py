@@ -15,7 +15,6 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from pipeline.assignments import combine_taps
 from pipeline.config_loading import ConfigError
 from pipeline.datasets import open_reader
 from pipeline.devices import resolve_device
@@ -51,11 +50,15 @@ class SampleLoader:
         points = self.reader.read(scan_id).points
         point_index = self.assignments.read(scan_id, ["point_index"])["point_index"]
         taps = self.taps.read(scan_id)
-        features = torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"])
-        targets = combine_taps(features, torch.from_numpy(taps["tap"]), torch.from_numpy(taps["weight"]))
         target_row = np.full(len(points), -1, dtype=np.int64)
         target_row[point_index] = np.arange(len(point_index))
-        return DistillSample(points=points, target_row=target_row, targets=targets)
+        return DistillSample(
+            points=points,
+            target_row=target_row,
+            patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
+            tap=torch.from_numpy(taps["tap"]),
+            weight=torch.from_numpy(taps["weight"]),
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

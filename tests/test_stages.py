@@ -187,14 +187,12 @@ def copy_chain(chain: Path, folder: Path) -> Path:
 
 
 def test_wrong_camera_transform_drops_the_2d_baseline(chain, tmp_path, monkeypatch):
-    """Rotating every camera by 3 degrees must ruin the 2D baseline: the metric can fail."""
+    """Each camera given its neighbour's extrinsics (a mislabelled channel) must ruin the 2D
+    baseline: the metric can fail."""
     import dataclasses
 
     import pipeline.datasets
 
-    turn = np.deg2rad(3.0)
-    rotation = np.eye(4)
-    rotation[:2, :2] = [[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]
     honest_open_reader = pipeline.datasets.open_reader
 
     def sabotaged_open_reader(*args, **kwargs):
@@ -203,8 +201,9 @@ def test_wrong_camera_transform_drops_the_2d_baseline(chain, tmp_path, monkeypat
 
         def read(scan_id):
             record = honest_read(scan_id)
-            record.cameras = [dataclasses.replace(c, lidar_to_camera=rotation @ c.lidar_to_camera)
-                              for c in record.cameras]
+            shifted = record.cameras[1:] + record.cameras[:1]
+            record.cameras = [dataclasses.replace(c, lidar_to_camera=s.lidar_to_camera)
+                              for c, s in zip(record.cameras, shifted)]
             return record
 
         reader.read = read
