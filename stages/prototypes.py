@@ -37,7 +37,8 @@ def made_images(params, class_name: str) -> tuple[list, str]:
     cfg = params.prototypes
     if cfg.source == "folder":
         images = load_class_images(cfg.folder, class_name)
-        return [(item.image, dict(generator=str(item.path))) for item in images], "folder"
+        # The path inside the folder, so the manifest does not depend on where the folder lives.
+        return [(item.image, dict(generator=item.path.relative_to(cfg.folder).as_posix())) for item in images], "folder"
     if cfg.source == "procedural":
         from pipeline.generation.procedural import ProceduralGenerator
 

@@ -238,3 +238,39 @@ def test_shuffled_teacher_features_drop_the_2d_baseline(chain, tmp_path):
             run_stage(stage)
     honest, sabotaged = baseline_miou(chain), baseline_miou(folder)
     assert sabotaged <= honest - 0.3, (honest, sabotaged)
+
+
+# ----------------------------------------------------------------------------- prototype sources
+
+
+def test_prototypes_stage_draws_with_a_tiny_diffusers_pipeline(tmp_path):
+    from tiny_diffusers import save_tiny_pipeline
+
+    model = save_tiny_pipeline(tmp_path / "tiny-sd")
+    prototypes = dict(small_params()["prototypes"], source="diffusers",
+                      diffusers=dict(model=str(model), steps=2, height=32, width=32, dtype="fp32", batch_size=2))
+    write_params(tmp_path, small_params(prototypes=prototypes))
+    with inside(tmp_path):
+        run_stage("prototypes", "car")
+    manifest = json.loads((tmp_path / "cache/prototypes/car/manifest.json").read_text())
+    assert manifest["source"] == "diffusers"
+    assert [image["prompt"] for image in manifest["images"]] == ["a photo of a car"] * 2
+    assert all(image["generator"] == str(model) and image["width"] == 32 for image in manifest["images"])
+
+
+def test_prototypes_stage_reads_the_authors_folder_layout(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "authors"
+    for index, name in ((0, "road"), (7, "car")):
+        (root / f"{index}_{name}").mkdir(parents=True)
+        for i, size in enumerate((128, 300)):
+            Image.new("RGB", (size, size), (40 * i + 10, 90, 200)).save(root / f"{index}_{name}" / f"000{i:02d}.png")
+    prototypes = dict(small_params()["prototypes"], source="folder", folder=str(root))
+    write_params(tmp_path, small_params(prototypes=prototypes))
+    with inside(tmp_path):
+        run_stage("prototypes", "car")
+    manifest = json.loads((tmp_path / "cache/prototypes/car/manifest.json").read_text())
+    assert manifest["source"] == "folder"
+    assert [image["width"] for image in manifest["images"]] == [128, 300]
+    assert [image["generator"] for image in manifest["images"]] == ["7_car/00000.png", "7_car/00001.png"]

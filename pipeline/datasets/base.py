@@ -6,6 +6,7 @@ labels in the evaluation label space, and the calibrated cameras that saw it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,34 @@ class ScanRecord:
     labels: np.ndarray | None
     cameras: list[CameraView] = field(default_factory=list)
     dropped_points: int = 0
+
+
+class ScanReader:
+    """What every reader shares: `scan_ids` of its split, `len`, iteration and `read(scan_id)`."""
+
+    scan_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scan_ids)
+
+    def __iter__(self):
+        for scan_id in self.scan_ids:
+            yield self.read(scan_id)
+
+    def read(self, scan_id: str) -> ScanRecord:
+        raise NotImplementedError
+
+
+def split_from_file(root: Path, split: str) -> list[str] | None:
+    """The split's list from `<root>/splits.json` (scene names or sequence ids), None when the
+    dataset has no such file (then the official splits apply)."""
+    split_file = Path(root) / "splits.json"
+    if not split_file.is_file():
+        return None
+    splits = json.loads(split_file.read_text())
+    if split not in splits:
+        raise DatasetError(f"{split_file}: no split {split!r} (has {sorted(splits)})")
+    return list(splits[split])
 
 
 def read_float32_records(path: Path, values_per_point: int) -> np.ndarray:

@@ -7,7 +7,6 @@ ships one), else from the devkit's official scene lists (`train`, `val`, `mini_t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,13 @@ from pyquaternion import Quaternion
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
+    ScanReader,
     ScanRecord,
     check_image_exists,
     check_label_count,
     drop_non_finite,
     read_float32_records,
+    split_from_file,
 )
 from pipeline.datasets.label_map import LabelMap, nuscenes_label_map
 
@@ -54,7 +55,7 @@ class NuScenesSplit:
     split: str
 
 
-class NuScenesReader:
+class NuScenesReader(ScanReader):
     """Scan records of one split of a nuScenes-format dataset.
 
     `ego_motion_compensation=False` deliberately uses the lidar's ego pose for the cameras too
@@ -100,25 +101,15 @@ class NuScenesReader:
         self.has_labels = hasattr(self.nusc, "lidarseg")
 
     def _split_scene_names(self) -> list[str]:
-        split_file = self.root / "splits.json"
-        if split_file.is_file():
-            splits = json.loads(split_file.read_text())
-            if self.split not in splits:
-                raise DatasetError(f"{split_file}: no split {self.split!r} (has {sorted(splits)})")
-            return list(splits[self.split])
+        listed = split_from_file(self.root, self.split)
+        if listed is not None:
+            return listed
         from nuscenes.utils.splits import create_splits_scenes
 
         official = create_splits_scenes(verbose=False)
         if self.split not in official:
             raise DatasetError(f"unknown nuScenes split {self.split!r}; known: {sorted(official)}")
         return official[self.split]
-
-    def __len__(self) -> int:
-        return len(self.scan_ids)
-
-    def __iter__(self):
-        for scan_id in self.scan_ids:
-            yield self.read(scan_id)
 
     def read(self, scan_id: str) -> ScanRecord:
         lidar = self.nusc.get("sample_data", scan_id)

@@ -9,7 +9,6 @@ ships one), else the official sequence lists.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,13 @@ from PIL import Image
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
+    ScanReader,
     ScanRecord,
     check_image_exists,
     check_label_count,
     drop_non_finite,
     read_float32_records,
+    split_from_file,
 )
 from pipeline.datasets.label_map import LabelMap, semantic_kitti_label_map
 
@@ -68,7 +69,7 @@ def camera_from_calib(calib: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     return intrinsics, shift @ lidar_to_rect
 
 
-class SemanticKittiReader:
+class SemanticKittiReader(ScanReader):
     """Scan records of one split of a SemanticKITTI-format dataset."""
 
     def __init__(self, root: Path | str, split: str, label_map: LabelMap | None = None) -> None:
@@ -92,18 +93,12 @@ class SemanticKittiReader:
             raise DatasetError(f"{sequences_dir}: split {split!r} selects no scan")
 
     def _split_sequences(self) -> list[str]:
-        split_file = self.root / "splits.json"
-        splits = json.loads(split_file.read_text()) if split_file.is_file() else OFFICIAL_SPLITS
-        if self.split not in splits:
-            raise DatasetError(f"{split_file}: no split {self.split!r} (has {sorted(splits)})")
-        return list(splits[self.split])
-
-    def __len__(self) -> int:
-        return len(self.scan_ids)
-
-    def __iter__(self):
-        for scan_id in self.scan_ids:
-            yield self.read(scan_id)
+        listed = split_from_file(self.root, self.split)
+        if listed is not None:
+            return listed
+        if self.split not in OFFICIAL_SPLITS:
+            raise DatasetError(f"unknown SemanticKITTI split {self.split!r}; known: {sorted(OFFICIAL_SPLITS)}")
+        return OFFICIAL_SPLITS[self.split]
 
     def read(self, scan_id: str) -> ScanRecord:
         sequence, frame = scan_id.split("/")
