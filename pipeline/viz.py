@@ -88,8 +88,15 @@ def save_scan_preview(record: ScanRecord, class_names: Sequence[str], out_path: 
 
 
 def save_iou_bars(class_names: Sequence[str], series: dict[str, np.ndarray], out_path: Path, title: str) -> Path:
-    """Grouped bars of per-class IoU, one group per class, one bar per result (e.g. 3D, 2D)."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(class_names) + 2), 4))
+    """Grouped bars of per-class IoU, one group per class, one bar per result (e.g. 3D, 2D).
+
+    Classes with no value in any result (absent from the truth) are left out.
+    """
+    shown_classes = [i for i in range(len(class_names))
+                     if any(not np.isnan(float(values[i])) for values in series.values())]
+    class_names = [class_names[i] for i in shown_classes]
+    series = {name: np.asarray(values, dtype=float)[shown_classes] for name, values in series.items()}
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(class_names) + 2), 4.5))
     width = 0.8 / max(len(series), 1)
     positions = np.arange(len(class_names))
     for i, (name, values) in enumerate(series.items()):
@@ -99,7 +106,7 @@ def save_iou_bars(class_names: Sequence[str], series: dict[str, np.ndarray], out
     ax.set_ylim(0, 1)
     ax.set_ylabel("IoU")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=len(series))
     fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
