@@ -155,3 +155,21 @@ def save_prediction_bev(
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
     return Path(out_path)
+
+
+def save_contact_sheet(images_by_class: dict[str, list[Image.Image]], out_path: Path, thumb: int = 96,
+                       per_row: int = 8) -> Path:
+    """One row per class: its name, then up to `per_row` prototype thumbnails."""
+    rows = len(images_by_class)
+    fig, axes = plt.subplots(rows, per_row + 1, figsize=(1.1 * (per_row + 1), 1.1 * rows), squeeze=False)
+    for row, (name, images) in enumerate(images_by_class.items()):
+        axes[row, 0].text(1.0, 0.5, name, ha="right", va="center", fontsize=8)
+        for col in range(per_row + 1):
+            axes[row, col].axis("off")
+        for col, image in enumerate(images[:per_row], start=1):
+            axes[row, col].imshow(np.asarray(image.convert("RGB").resize((thumb, thumb))))
+    fig.suptitle("prototype images per class", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return Path(out_path)

@@ -25,6 +25,7 @@ PLOTS = Path("plots")
 # Where every stage's artifact lives (the `outs` of dvc.yaml).
 DEMO_ROOT = Path("data/demo")
 PROTOTYPES = CACHE / "prototypes"  # /<class>/
+PROTOTYPE_PICTURES = PLOTS / "prototypes"
 TEMPLATES_FILE = CACHE / "template_features" / "templates.safetensors"
 ASSIGNMENTS = CACHE / "assignments"  # /<split>/
 TEACHER_FEATURES = CACHE / "teacher_features"  # /<split>/{patches,taps}

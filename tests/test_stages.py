@@ -98,8 +98,9 @@ def test_every_stage_writes_its_artifact(chain):
     assert set(metrics) == {"3d", "3d_visible", "2d_baseline"}
     for result in metrics.values():
         assert 0.0 <= result["miou"] <= 1.0
-    for picture in ("per_class_iou.png", "confusion_3d.png", "bev_0.png"):
-        assert (chain / "plots/evaluate" / picture).stat().st_size > 10_000
+    for picture in ("evaluate/per_class_iou.png", "evaluate/confusion_3d.png", "evaluate/bev_0.png",
+                    "prototypes/contact_sheet.png"):
+        assert (chain / "plots" / picture).stat().st_size > 10_000
 
 
 def test_chain_is_deterministic(chain, tmp_path):
