@@ -21,3 +21,17 @@ def small_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world") / "demo"
     write_demo_world(root, DemoWorldConfig.preset("small", seed=0))
     return root
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory) -> Path:
+    """The whole chain run once, in process, on the small world (`chain_runner.small_params()`).
+
+    Read-only for tests: copy the folder (`shutil.copytree(chain, ..., symlinks=True)`) before
+    running a stage in it.
+    """
+    from chain_runner import run_chain, small_params
+
+    folder = tmp_path_factory.mktemp("chain")
+    run_chain(folder, small_params())
+    return folder
