@@ -1,10 +1,12 @@
 """Stage assignments: every lidar point's camera, teacher pixel and patch, per split.
 
     python -m stages.assignments
+    torchrun --nproc_per_node=K -m stages.assignments    # K CPU processes, same bytes
 
 For each split that distillation or evaluation uses, writes cache/assignments/<split>/, a
 ragged zarr store with one row per assigned point: point_index, camera, pixel (u, v) at
-the teacher's input size and patch (row, col).
+the teacher's input size and patch (row, col). Cheap per scan (a fraction of a second) but
+hours for a full nuScenes split in one process, so it shards like the GPU stages.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.assignments import assign_points, scan_rng
 from pipeline.datasets import open_reader
-from pipeline.store import RaggedWriter
+from pipeline.distributed import ShardedOutput, World, launched
 from pipeline.teacher import teacher_patch_size
 from stages.common import (
     ASSIGNMENTS,
@@ -33,7 +35,7 @@ COLUMNS = {
 }
 
 
-def write_split(params, split: str, out: Path) -> dict:
+def write_split(params, split: str, out: Path, world: World) -> dict:
     reader = open_reader(params.dataset, split)
     cfg = params.assignments
     patch = teacher_patch_size(params.teacher)
@@ -43,8 +45,10 @@ def write_split(params, split: str, out: Path) -> dict:
         "input_size": list(params.teacher.input_size),
         "patch_size": patch,
     }
-    with RaggedWriter(out, COLUMNS, attributes=attributes) as writer:
-        for scan_id in tqdm(reader.scan_ids, desc=f"assignments {split}", unit="scan"):
+    with ShardedOutput(out, reader.scan_ids, world) as output, \
+         output.ragged(None, COLUMNS, attributes=attributes) as writer:
+        for scan_id in tqdm(output.scan_ids, desc=f"assignments {split}", unit="scan",
+                            disable=not world.is_main):
             record = reader.read(scan_id)
             result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
                                    scan_rng(cfg.seed, scan_id), cfg.occlusion_cell)
@@ -53,15 +57,16 @@ def write_split(params, split: str, out: Path) -> dict:
             points += len(record.points)
             assigned += len(result)
             dropped += record.dropped_points
+    points, assigned, dropped = world.sum([points, assigned, dropped])
     return {"scans": len(reader), "points": points, "assigned": assigned, "dropped": dropped}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("assignments", args)
-    with summary("assignments") as facts:
+    with launched("cpu") as world, summary("assignments") as facts:  # numpy work: gloo, CPU
         for split in params.dataset.splits:
-            counts = write_split(params, split, ASSIGNMENTS / split)
+            counts = write_split(params, split, ASSIGNMENTS / split, world)
             facts[split] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
                             f"assigned ({100 * counts['assigned'] / max(counts['points'], 1):.1f}%), "
                             f"{counts['dropped']} non-finite dropped, {human_size(ASSIGNMENTS / split)}")

@@ -1,12 +1,14 @@
 """Stage teacher_features: the teacher over the camera images, keeping what points need.
 
     python -m stages.teacher_features
+    torchrun --nproc_per_node=K -m stages.teacher_features    # K processes (GPUs), same bytes
 
 For each split, reads the assignments, runs the frozen teacher over the cameras that hold
 an assigned pixel, and writes cache/teacher_features/<split>/ with two ragged stores:
 `patches` (per scan, the fp16 features of the patches some assignment reads, and their flat
 patch ids) and `taps` (per assignment, the 4 rows of `patches` it combines and their weights:
-bilinear in "pixel" mode, one patch with weight 1 in "patch" mode).
+bilinear in "pixel" mode, one patch with weight 1 in "patch" mode). Under torchrun or srun,
+each rank encodes its shard of the scans on its own GPU (pipeline.distributed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tqdm import tqdm
 
 from pipeline.assignments import ScanAssignments, needed_patches, patch_taps
 from pipeline.datasets import open_reader
-from pipeline.store import RaggedReader, RaggedWriter, atomic_output
+from pipeline.distributed import ShardedOutput, World, launched
+from pipeline.store import RaggedReader
 from pipeline.teacher import Teacher
 from stages.common import (
     ASSIGNMENTS,
@@ -35,7 +38,7 @@ def read_assignments(store: RaggedReader, scan_id: str) -> ScanAssignments:
     return ScanAssignments(rows["point_index"], rows["camera"], rows["pixel"], rows["patch"])
 
 
-def write_split(params, teacher: Teacher, split: str, out: Path) -> dict:
+def write_split(params, teacher: Teacher, split: str, out: Path, world: World) -> dict:
     reader = open_reader(params.dataset, split)
     assignments = RaggedReader(ASSIGNMENTS / split)
     grid = teacher.grid_size
@@ -44,39 +47,40 @@ def write_split(params, teacher: Teacher, split: str, out: Path) -> dict:
     batch_size = params.teacher_features.batch_size
     attributes = {"teacher": teacher.teacher_id, "mode": mode, "grid": list(grid), "dim": dim}
     images = patches_kept = 0
-    with atomic_output(out) as tmp:
-        tmp.mkdir(parents=True)
-        with RaggedWriter(tmp / "patches", {"feature": ("float16", (dim,)), "patch_id": ("int32", ())},
-                          attributes=attributes) as patch_store, \
-             RaggedWriter(tmp / "taps", {"tap": ("int32", (4,)), "weight": ("float16", (4,))},
-                          attributes=attributes) as tap_store:
-            for scan_id in tqdm(assignments.scan_ids, desc=f"teacher {split}", unit="scan"):
-                cameras = reader.read(scan_id).cameras
-                needed = needed_patches(patch_taps(read_assignments(assignments, scan_id), grid,
-                                                   teacher.patch_size, mode))
-                used = needed.cameras(grid)
-                features = torch.zeros(len(cameras), dim, grid[0] * grid[1])
-                for start in range(0, len(used), batch_size):
-                    batch = used[start:start + batch_size]
-                    pixels = torch.stack([teacher.load_image(cameras[c].image_path) for c in batch])
-                    features[torch.as_tensor(batch)] = teacher.patch_features(pixels).flatten(2).cpu()
-                flat = features.permute(0, 2, 1).reshape(-1, dim)
-                patch_store.append(scan_id, feature=flat[torch.as_tensor(needed.patch_id)].numpy(),
-                                   patch_id=needed.patch_id)
-                tap_store.append(scan_id, tap=needed.tap, weight=needed.weight)
-                images += len(used)
-                patches_kept += len(needed.patch_id)
+    with ShardedOutput(out, assignments.scan_ids, world) as output, \
+         output.ragged("patches", {"feature": ("float16", (dim,)), "patch_id": ("int32", ())},
+                       attributes=attributes) as patch_store, \
+         output.ragged("taps", {"tap": ("int32", (4,)), "weight": ("float16", (4,))},
+                       attributes=attributes) as tap_store:
+        for scan_id in tqdm(output.scan_ids, desc=f"teacher {split}", unit="scan", disable=not world.is_main):
+            cameras = reader.read(scan_id).cameras
+            needed = needed_patches(patch_taps(read_assignments(assignments, scan_id), grid,
+                                               teacher.patch_size, mode))
+            used = needed.cameras(grid)
+            features = torch.zeros(len(cameras), dim, grid[0] * grid[1])
+            for start in range(0, len(used), batch_size):
+                batch = used[start:start + batch_size]
+                pixels = torch.stack([teacher.load_image(cameras[c].image_path) for c in batch])
+                features[torch.as_tensor(batch)] = teacher.patch_features(pixels).flatten(2).cpu()
+            flat = features.permute(0, 2, 1).reshape(-1, dim)
+            patch_store.append(scan_id, feature=flat[torch.as_tensor(needed.patch_id)].numpy(),
+                               patch_id=needed.patch_id)
+            tap_store.append(scan_id, tap=needed.tap, weight=needed.weight)
+            images += len(used)
+            patches_kept += len(needed.patch_id)
+    images, patches_kept = world.sum([images, patches_kept])
     return {"scans": len(assignments), "images": images, "patches": patches_kept}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("teacher_features", args)
-    with summary("teacher_features") as facts:
+    with launched(params.teacher.device, setting="teacher.device") as world, \
+         summary("teacher_features") as facts:
         teacher = Teacher(params.teacher)
         facts["teacher"] = teacher.teacher_id
         for split in params.dataset.splits:
-            counts = write_split(params, teacher, split, TEACHER_FEATURES / split)
+            counts = write_split(params, teacher, split, TEACHER_FEATURES / split, world)
             facts[split] = (f"{counts['scans']} scans, {counts['images']} images, "
                             f"{counts['patches']} patches kept, {human_size(TEACHER_FEATURES / split)}")
 

@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from pipeline.store import (
+    Chunking,
     ColumnSpec,
+    RaggedPartWriter,
     RaggedReader,
     RaggedWriter,
     atomic_output,
+    finish_ragged,
     load_safetensors,
     read_safetensors_metadata,
     save_json,
@@ -161,7 +164,7 @@ def test_partial_read_touches_only_its_chunks(tmp_path):
     # does not touch. Reading it must still work; reading a scan in a corrupt shard fails.
     start, stop = reader.offsets[3], reader.offsets[4]
     touched = set(range(start // 128, (stop - 1) // 128 + 1))
-    shards = sorted((path / "point_index" / "c").iterdir(), key=lambda p: int(p.name))
+    shards = sorted((path / "0" / "point_index" / "c").iterdir(), key=lambda p: int(p.name))
     assert len(shards) > len(touched)
     for shard in shards:
         if int(shard.name) not in touched:
@@ -205,4 +208,69 @@ def test_ragged_rejects_bad_input(tmp_path):
             writer.append("e", **{**good, "feature": good["feature"][:, :4]})
     assert RaggedReader(tmp_path / "s").scan_ids == ("a",)
     with pytest.raises(ValueError, match="bad column name"):
-        RaggedWriter(tmp_path / "t", {"offsets": ("int64", ())})
+        RaggedWriter(tmp_path / "t", {"0": ("int64", ())})  # digits name blocks
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_blocks_round_trip(tmp_path):
+    scans = _scans(count=11)
+    reader = RaggedReader(_write(tmp_path / "store", scans, scans_per_block=3, **SMALL))
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["0", "1", "2", "3", "zarr.json"]
+    assert reader.scan_ids == tuple(s for s, _ in scans)
+    assert list(np.diff(reader.offsets)) == [len(a["camera"]) for _, a in scans]
+    for scan_id, arrays in scans:
+        np.testing.assert_array_equal(reader.read(scan_id)["feature"], arrays["feature"].astype(np.float16))
+    for block_bytes in (1, 200, 1 << 20):  # runs stop at block ends, whatever their budget
+        got = list(reader.iter_scans(["point_index"], block_bytes=block_bytes))
+        assert [s for s, _ in got] == list(reader.scan_ids)
+        for (_, arrays), (_, read) in zip(scans, got):
+            np.testing.assert_array_equal(read["point_index"], arrays["point_index"])
+
+
+def test_part_writers_make_the_single_writer_bytes(tmp_path):
+    scans = _scans(count=11)
+    ids = [s for s, _ in scans]
+    single = _write(tmp_path / "single", scans, scans_per_block=3, **SMALL)
+    parts = tmp_path / "parts"
+    for blocks in ([1, 3], [0, 2]):  # two writers, any order, disjoint whole blocks
+        with RaggedPartWriter(parts, COLUMNS, ids, 3, Chunking(chunk_bytes=256, chunks_per_shard=2)) as part:
+            for block in blocks:
+                for scan_id, arrays in scans[3 * block:3 * block + 3]:
+                    part.append(scan_id, **arrays)
+    assert finish_ragged(parts, COLUMNS, ids, 3, {"teacher": "tiny", "dim": 8}) == RaggedReader(single).num_rows
+    assert _tree_bytes(parts) == _tree_bytes(single)
+
+
+def test_finish_rejects_missing_or_short_blocks(tmp_path):
+    scans = _scans(count=8)  # blocks of 3: scans 0-2, 3-5, 6-7
+    ids = [s for s, _ in scans]
+    with RaggedPartWriter(tmp_path / "short", COLUMNS, ids, 3) as part:
+        for scan_id, arrays in scans[:5]:  # block 1 stops short
+            part.append(scan_id, **arrays)
+        with pytest.raises(ValueError, match="not the first of block 2"):
+            part.append(ids[7], **scans[7][1])
+        with pytest.raises(ValueError, match="not one of the store's scans"):
+            part.append("stranger", **scans[7][1])
+    with pytest.raises(ValueError, match=r"block 1 \(scans 3..5\) holds 2 scans, not its 3"):
+        finish_ragged(tmp_path / "short", COLUMNS, ids, 3)
+    with RaggedPartWriter(tmp_path / "gap", COLUMNS, ids, 3) as part:
+        for scan_id, arrays in scans[:3] + scans[6:]:  # block 1 skipped
+            part.append(scan_id, **arrays)
+    with pytest.raises(ValueError, match=r"block 1 \(scans 3..5\) was never written"):
+        finish_ragged(tmp_path / "gap", COLUMNS, ids, 3)
+    assert not (tmp_path / "short" / "zarr.json").exists() and not (tmp_path / "gap" / "zarr.json").exists()
+
+
+def test_reader_names_old_and_foreign_stores(tmp_path):
+    path = _write(tmp_path / "store", _scans(count=2))
+    root = json.loads((path / "zarr.json").read_text())
+    root["attributes"]["version"] = 1
+    (path / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(ValueError, match="version 1; this code reads version 2 only: rerun the stage"):
+        RaggedReader(path)
+    root["attributes"]["format"] = "something-else"
+    (path / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(ValueError, match="is not an igloss-ragged store"):
+        RaggedReader(path)
