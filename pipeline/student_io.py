@@ -1,7 +1,9 @@
 """The student artifact: `model.safetensors` (weights) + `config.json` (architecture).
 
-Weights are safetensors, never pickle; the architecture is the JSON of `WaffleIronConfig`,
-so the student can be rebuilt without the params that trained it.
+Weights are safetensors, never pickle. config.json names the architecture and holds its
+config, `{"arch": "waffleiron" | "sparse_unet", "config": {...}}`, so the student can be
+rebuilt without the params that trained it. A released ScaLR / ScaLR+ checkpoint becomes
+such a folder through `load_scalr_student` + `save_student` (`python -m stages.convert_checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,27 +15,65 @@ from typing import Any
 import torch
 
 from pipeline.store import load_safetensors, save_safetensors
-from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
+from pipeline.students import Student, StudentConfig, build_student, student_arch
+from pipeline.students.sparse_unet import SparseUNetConfig
+from pipeline.students.waffleiron import (
+    WaffleIron,
+    WaffleIronConfig,
+    load_scalr_checkpoint,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_student(folder: Path, model: WaffleIron, metadata: dict[str, Any]) -> None:
+def save_student(folder: Path, model: Student, metadata: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     save_safetensors(folder / WEIGHTS_FILE, state, metadata)
-    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    description = {"arch": student_arch(model.config), "config": model.config.to_dict()}
+    (folder / CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
-def load_student(folder: Path, device: torch.device | str = "cpu") -> tuple[WaffleIron, dict[str, str]]:
+def read_student_config(path: Path) -> StudentConfig:
+    """The architecture recorded in a student's config.json; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    if "arch" not in data:  # written before students had several architectures: a bare WaffleIronConfig
+        data = {"arch": "waffleiron", "config": data}
+    try:
+        if data["arch"] == "waffleiron":
+            return WaffleIronConfig.from_dict(data["config"])
+        if data["arch"] == "sparse_unet":
+            return SparseUNetConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a valid {data['arch']} student config: {error}") from None
+    raise ValueError(f"{path}: unknown student arch {data['arch']!r}; expected 'waffleiron' or 'sparse_unet'")
+
+
+def load_student(folder: Path, device: torch.device | str = "cpu") -> tuple[Student, dict[str, str]]:
     """Rebuild the student from its folder; returns (model in eval mode, weights metadata)."""
     folder = Path(folder)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: student file is missing (run the distill stage)")
-    config = WaffleIronConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    model = WaffleIron(config)
+    model = build_student(read_student_config(folder / CONFIG_FILE))
     state, metadata = load_safetensors(folder / WEIGHTS_FILE, framework="torch")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), metadata
+
+
+def load_scalr_student(
+    checkpoint: str | Path, config: WaffleIronConfig, allow_unsafe_pickle: bool = False
+) -> tuple[WaffleIron, dict[str, str]]:
+    """A WaffleIron of `config` with the weights of a ScaLR / ScaLR+ `ckpt_last.pth`, in eval mode.
+
+    Loaded strictly (`waffleiron.load_scalr_checkpoint`: weights_only, `module.` stripped, every
+    key and shape must match `config`). Returns (model, metadata for `save_student`).
+    """
+    model = WaffleIron(config)
+    epoch = load_scalr_checkpoint(checkpoint, model, allow_unsafe_pickle=allow_unsafe_pickle)
+    metadata = {"source": f"ScaLR checkpoint {Path(checkpoint).name}", "epoch": "" if epoch is None else str(epoch)}
+    return model.eval(), metadata

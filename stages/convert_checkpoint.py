@@ -1,0 +1,51 @@
+"""Convert a released ScaLR / ScaLR+ checkpoint into the project's student folder.
+
+    python -m stages.convert_checkpoint ckpt_last.pth OUT_FOLDER [--params params.yaml | --release]
+
+Reads the `model_point` weights of `ckpt_last.pth` (torch.load with weights_only=True, the
+`module.` prefix stripped) into a WaffleIron, strictly, and writes OUT_FOLDER/model.safetensors
++ config.json, the layout of cache/student that `load_student` and the point_features stage
+read. The architecture comes from `student.waffleiron` of the params file, or with
+`--release` from the ScaLR+ release (width 768, depth 48, head 2048 -> 1024). Not a DVC
+stage: a one-off tool, e.g. to copy the result to cache/student or to share weights without
+pickle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.config import load_params
+from pipeline.store import atomic_output
+from pipeline.student_io import load_scalr_student, save_student
+from pipeline.students.waffleiron import WaffleIronConfig
+from stages.common import human_size
+
+log = logging.getLogger("stages")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a ScaLR / ScaLR+ ckpt_last.pth")
+    parser.add_argument("out", type=Path, help="the student folder to write (model.safetensors + config.json)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="take the architecture from student.waffleiron of this file (default: params.yaml)")
+    source.add_argument("--release", action="store_true", help="the ScaLR+ release architecture")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="let torch.load fully unpickle the file (runs code: only for files you trust)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[convert_checkpoint] %(message)s", force=True)
+
+    config = WaffleIronConfig() if args.release else load_params(args.params).student.waffleiron
+    model, metadata = load_scalr_student(args.checkpoint, config, args.allow_unsafe_pickle)
+    with atomic_output(args.out) as tmp:
+        save_student(tmp, model, metadata)
+    log.info("wrote %s (%s): WaffleIron width %d, depth %d, %d outputs, from %s",
+             args.out, human_size(args.out), config.width, config.depth, config.out_channels, args.checkpoint)
+
+
+if __name__ == "__main__":
+    main()

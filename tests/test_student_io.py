@@ -1,0 +1,215 @@
+"""The student interface and artifact: build / prepare / run for both architectures, the student
+folder, released ScaLR checkpoints (full size, the point_features param, the conversion command)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from chain_runner import inside, run_stage, small_params, write_params
+from test_sparse_unet import TINY as TINY_UNET
+from test_sparse_unet import street
+from test_waffleiron import TINY as TINY_WAFFLEIRON
+from test_waffleiron import save_scalr_layout
+
+from pipeline.config import ConfigError, load_params
+from pipeline.datasets import open_reader
+from pipeline.store import RaggedReader
+from pipeline.student_io import (
+    load_scalr_student,
+    load_student,
+    read_student_config,
+    save_student,
+)
+from pipeline.students import (
+    StudentParams,
+    build_student,
+    prepare_input,
+    run_student,
+    student_arch,
+)
+from pipeline.students.point_inputs import NUSCENES_INTENSITY, Augmentation
+from pipeline.students.sparse_unet import SparseUNet
+from pipeline.students.waffleiron import CheckpointError, WaffleIron, WaffleIronConfig
+
+CPU = torch.device("cpu")
+CONFIGS = {"waffleiron": TINY_WAFFLEIRON, "sparse_unet": TINY_UNET}
+# A small WaffleIron for the demo world: its field of view and the teacher width of the small chain.
+DEMO_WAFFLEIRON = WaffleIronConfig(width=16, depth=2, grids=((32, 32), (32, 4), (32, 4)),
+                                   fov=((-48.0, -48.0, -4.0), (48.0, 48.0, 4.0)), head_hidden=32, out_channels=192,
+                                   drop_path=0.0)
+
+
+def randomise_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():  # non-trivial statistics, so a lost buffer shows
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def predict(model, config, points: np.ndarray) -> torch.Tensor:
+    """Features of every original point, as the point_features stage computes them."""
+    scan = prepare_input(config, points, NUSCENES_INTENSITY)
+    with torch.inference_mode():
+        return run_student(model.eval(), [scan], CPU)[0][torch.from_numpy(scan.back_projection)]
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_interface_builds_prepares_and_runs_both_architectures(arch) -> None:
+    config = CONFIGS[arch]
+    model = build_student(config)
+    assert isinstance(model, {"waffleiron": WaffleIron, "sparse_unet": SparseUNet}[arch])
+    assert student_arch(config) == arch
+
+    points = [street(1500, seed) for seed in (0, 1)]
+    scans = [prepare_input(config, p, NUSCENES_INTENSITY, augmentation=Augmentation(max_points=400),
+                           rng=np.random.default_rng(0)) for p in points]
+    outputs = run_student(model.train(), scans, CPU)
+    for scan, output, p in zip(scans, outputs, points):
+        assert scan.num_points <= 400 and output.shape == (scan.num_points, config.out_channels)
+        assert scan.back_projection.shape == (len(p),) and scan.back_projection.max() < scan.num_points
+    torch.cat(outputs).sum().backward()  # gradients flow through the interface
+    assert predict(model, config, points[0]).shape == (1500, config.out_channels)
+
+
+def test_student_params_pick_the_chosen_architecture() -> None:
+    params = StudentParams(arch="sparse_unet", waffleiron=TINY_WAFFLEIRON, sparse_unet=TINY_UNET)
+    assert params.config is TINY_UNET and params.out_channels == TINY_UNET.out_channels
+    assert dataclasses.replace(params, arch="waffleiron").config is TINY_WAFFLEIRON
+
+
+def test_params_file_has_both_sections_and_names_bad_keys(tmp_path) -> None:
+    params = load_params(write_params(tmp_path, small_params()))
+    assert params.student.arch == "waffleiron" and params.student.out_channels == 192
+    assert params.student.sparse_unet.out_channels == 192 and params.point_features.checkpoint is None
+    flat = small_params(student={"width": 32})  # the layout before students had several architectures
+    with pytest.raises(ConfigError, match=r"student.width: unknown key; allowed keys: arch, waffleiron, sparse_unet"):
+        load_params(write_params(tmp_path, flat))
+    with pytest.raises(ConfigError, match=r"student.arch: 'pointnet' is not allowed"):
+        load_params(write_params(tmp_path, small_params(student={"arch": "pointnet"})))
+
+
+# --------------------------------------------------------------------------- the student folder
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_student_folder_round_trip(arch, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = randomise_batchnorms(build_student(CONFIGS[arch]))
+    save_student(tmp_path, model, {"teacher": "tiny"})
+
+    assert json.loads((tmp_path / "config.json").read_text())["arch"] == arch
+    loaded, metadata = load_student(tmp_path)
+    assert type(loaded) is type(model) and loaded.config == model.config and metadata["teacher"] == "tiny"
+    points = street(2000, seed=4)
+    torch.testing.assert_close(predict(loaded, loaded.config, points), predict(model, model.config, points))
+
+
+def test_config_json_of_a_bare_waffleiron_config_still_loads(tmp_path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_WAFFLEIRON.to_dict()))  # written before the sparse student existed
+    assert read_student_config(path) == TINY_WAFFLEIRON
+
+
+def test_bad_student_folders_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors: student file is missing"):
+        load_student(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"arch": "pointnet", "config": {}}))
+    with pytest.raises(ValueError, match=rf"{path}: unknown student arch 'pointnet'"):
+        read_student_config(path)
+    path.write_text(json.dumps({"arch": "sparse_unet", "config": {"widht": 3}}))
+    with pytest.raises(ValueError, match=rf"{path}: not a valid sparse_unet student config"):
+        read_student_config(path)
+
+
+# --------------------------------------------------------------------------- ScaLR checkpoints
+
+
+def test_full_size_scalr_checkpoint_loads_strictly_and_computes_what_its_model_computes(tmp_path) -> None:
+    """The ScaLR+ release architecture (width 768, depth 48, head 2048 -> 1024), random weights,
+    saved as ScaLR's DDP trainer saves them. A full-size forward pass costs minutes on a CPU
+    (48 mixes of 768-channel 256 x 256 planes, and 48 x 2 768 x 768 GEMMs per point), so the
+    outputs are compared on a 400-point scan, in WaffleIrons with 16x smaller grids: the weights
+    do not depend on the grid size. The 34k-point memory figure is measured outside the tests."""
+    release = WaffleIronConfig()
+    torch.manual_seed(0)
+    source = randomise_batchnorms(WaffleIron(release))
+    path = tmp_path / "ckpt_last.pth"
+    save_scalr_layout(path, source.state_dict())
+
+    loaded, metadata = load_scalr_student(path, release)  # what point_features runs for `checkpoint`
+
+    assert metadata == {"source": "ScaLR checkpoint ckpt_last.pth", "epoch": "65"}
+    expected = source.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert not loaded.training
+
+    small = dataclasses.replace(release, grids=((16, 16), (16, 2), (16, 2)))
+    points = np.random.default_rng(0).uniform([-50, -50, -3, 0], [50, 50, 5, 100], (400, 4)).astype(np.float32)
+    outputs = []
+    for model in (source, loaded):
+        twin = WaffleIron(small)
+        twin.load_state_dict(model.state_dict(), strict=True)
+        outputs.append(predict(twin, small, points))
+    assert outputs[0].shape == (400, 1024)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+
+
+def test_convert_checkpoint_command_writes_a_student_folder(tmp_path) -> None:
+    from stages.convert_checkpoint import main as convert
+
+    torch.manual_seed(1)
+    source = randomise_batchnorms(WaffleIron(DEMO_WAFFLEIRON))
+    checkpoint = tmp_path / "ckpt_last.pth"
+    save_scalr_layout(checkpoint, source.state_dict())
+    params = small_params()
+    params["student"]["waffleiron"] = json.loads(json.dumps(DEMO_WAFFLEIRON.to_dict()))
+    params_file = write_params(tmp_path, params)
+
+    convert([str(checkpoint), str(tmp_path / "student"), "--params", str(params_file)])
+
+    model, metadata = load_student(tmp_path / "student")
+    assert model.config == DEMO_WAFFLEIRON and metadata["source"] == "ScaLR checkpoint ckpt_last.pth"
+    points = street(2000, seed=2) * [5, 5, 1, 1]
+    torch.testing.assert_close(predict(model, model.config, points), predict(source, DEMO_WAFFLEIRON, points))
+    with pytest.raises(CheckpointError, match="ckpt_last.pth: model_point does not match"):
+        convert([str(checkpoint), str(tmp_path / "release"), "--release"])
+    assert not (tmp_path / "release").exists()
+
+
+def test_point_features_runs_a_scalr_checkpoint_without_distillation(chain, tmp_path) -> None:
+    folder = tmp_path / "scalr"
+    shutil.copytree(chain, folder, symlinks=True)
+    shutil.rmtree(folder / "cache/student")  # not needed with a checkpoint
+    shutil.rmtree(folder / "cache/point_features")
+    torch.manual_seed(2)
+    source = randomise_batchnorms(WaffleIron(DEMO_WAFFLEIRON))
+    save_scalr_layout(tmp_path / "ckpt_last.pth", source.state_dict())
+    params = small_params(point_features={"checkpoint": str(tmp_path / "ckpt_last.pth")})
+    params["student"]["waffleiron"] = json.loads(json.dumps(DEMO_WAFFLEIRON.to_dict()))
+    write_params(folder, params)
+
+    with inside(folder):
+        run_stage("point_features")
+        store = RaggedReader(folder / "cache/point_features/val")
+        reader = open_reader(load_params(folder / "params.yaml").dataset, "val")
+        scan_id = store.scan_ids[0]
+        expected = predict(source, DEMO_WAFFLEIRON, reader.read(scan_id).points).half().numpy()
+    assert store.attributes["student_teacher"] == "ScaLR checkpoint ckpt_last.pth"
+    np.testing.assert_array_equal(store.read(scan_id)["feature"], expected)
+
+    params["student"]["arch"] = "sparse_unet"
+    write_params(folder, params)
+    with inside(folder), pytest.raises(ConfigError, match="point_features.checkpoint is a ScaLR"):
+        run_stage("point_features")
