@@ -1,4 +1,4 @@
-"""The distillation loop: a WaffleIron student learns to reproduce teacher features.
+"""The distillation loop: a student (WaffleIron or sparse UNet) learns to reproduce teacher features.
 
 The loop knows nothing of files: it gets a list of scan ids and a function that loads one
 `DistillSample` (points, and the teacher target of every assigned point). Each step draws
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,14 +19,25 @@ import torch
 from tqdm import tqdm
 
 from pipeline.assignments import combine_taps
+from pipeline.checkpoint import Checkpoints, TrainingState
+from pipeline.ddp import all_reduce_max, all_reduce_sum, data_parallel
 from pipeline.distillation import ScheduleConfig, build_optimizer, normalized_l2_loss
-from pipeline.students.point_inputs import (
-    Augmentation,
-    IntensityStats,
-    collate,
-    prepare_scan,
+from pipeline.distributed import World
+from pipeline.precision import (
+    Precision,
+    autocast,
+    enable_gradient_checkpointing,
+    grad_scaler,
 )
-from pipeline.students.waffleiron import WaffleIron
+from pipeline.sampling import (
+    epoch_order,
+    global_batches,
+    rank_share,
+    scan_rng,
+    torch_seed,
+)
+from pipeline.students import Student, prepare_input, run_student
+from pipeline.students.point_inputs import Augmentation, IntensityStats
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +68,20 @@ class DistillSample:
 
 @dataclass(frozen=True)
 class TrainingSettings:
+    """How the student is trained.
+
+    batch_size: scans per optimiser step over all processes (the global batch: with W
+        processes each draws about batch_size / W of them, `pipeline.sampling`).
+    precision, gradient_checkpointing: memory and speed, not maths (`pipeline.precision`).
+    """
+
     epochs: int
     batch_size: int
     schedule: ScheduleConfig
     augmentation: Augmentation | None
     seed: int
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,18 +95,21 @@ class StepRecord:
 
 def training_batch(
     samples: Sequence[DistillSample],
-    model: WaffleIron,
+    model: Student,
     stats: IntensityStats,
     augmentation: Augmentation | None,
-    rng: np.random.Generator,
+    rngs: Sequence[np.random.Generator],
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student outputs and teacher targets of every taught point of a batch: two (P, D)."""
-    prepared = [prepare_scan(s.points, model.config, stats, augmentation=augmentation, rng=rng) for s in samples]
-    batch = collate(prepared).to(device)
-    outputs = model(batch.features, batch.neighbors, batch.cell_indices, batch.occupancy)
+    """Student outputs and teacher targets of every taught point of a batch: two (P, D).
+
+    rngs: one generator per sample, so a sample's augmentation does not depend on the
+    others of its batch (or on which rank draws it).
+    """
+    prepared = [prepare_input(model.config, s.points, stats, augmentation=augmentation, rng=rng)
+                for s, rng in zip(samples, rngs, strict=True)]
     student, teacher = [], []
-    for sample, scan, output in zip(samples, prepared, batch.unpad(outputs)):
+    for sample, scan, output in zip(samples, prepared, run_student(model, prepared, device)):
         rows = sample.target_row[scan.point_index]
         taught = rows >= 0
         student.append(output[torch.from_numpy(taught).to(device)])
@@ -95,43 +118,90 @@ def training_batch(
 
 
 def distill_student(
-    model: WaffleIron,
+    model: Student,
     scan_ids: Sequence[str],
     load_sample: Callable[[str], DistillSample],
     settings: TrainingSettings,
     stats: IntensityStats,
     device: torch.device,
     on_step: Callable[[StepRecord], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    world: World | None = None,
 ) -> list[StepRecord]:
-    """Train `model` in place; returns one record per optimiser step."""
+    """Train `model` in place; returns one record per optimiser step of the whole run.
+
+    checkpoints: continue from this run's checkpoint if there is one, and save one every
+        `checkpoints.every_epochs` epochs (rank 0 writes it).
+    world: this process's rank among W (from `pipeline.distributed.launched`; None: one). Each
+        rank draws its share of every global batch (`pipeline.sampling`); together they take
+        the steps one process would, up to float rounding (drop-path masks aside: each rank
+        draws its own). Records hold the loss and pair count of the whole batch.
+    """
     if not scan_ids:
         raise ValueError("distillation needs at least one training scan")
-    rng = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)  # drop-path draws
+    world = world or World(device=device)
+    if settings.batch_size < world.size:
+        raise ValueError(f"batch_size {settings.batch_size} is the global batch: it must be at least the "
+                         f"number of processes, {world.size}")
     steps_per_epoch = math.ceil(len(scan_ids) / settings.batch_size)
     optimizer, scheduler = build_optimizer(model, settings.schedule, steps_per_epoch)
+    scaler = grad_scaler(settings.precision, device)
     model.to(device).train()
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     history: list[StepRecord] = []
-    progress = tqdm(total=settings.epochs * steps_per_epoch, desc="distill", unit="step")
-    for epoch in range(settings.epochs):
-        order = rng.permutation(len(scan_ids))
-        for start in range(0, len(order), settings.batch_size):
-            samples = [load_sample(scan_ids[i]) for i in order[start:start + settings.batch_size]]
-            student, teacher = training_batch(samples, model, stats, settings.augmentation, rng, device)
-            if len(student) == 0:
-                raise ValueError(f"epoch {epoch}: a batch has no point with a teacher target; "
-                                 "check the assignments (no camera sees these scans?)")
-            loss = normalized_l2_loss(student, teacher)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            record = StepRecord(len(history), epoch, scheduler.get_last_lr()[0], loss.item(), len(student))
-            scheduler.step()
-            history.append(record)
-            if on_step:
-                on_step(record)
-            progress.update()
-            progress.set_postfix(loss=f"{record.loss:.4f}", epoch=epoch)
+    state = checkpoints.load() if checkpoints else None
+    if state:
+        state.restore(model, optimizer, scheduler, scaler)
+        history = [StepRecord(**record) for record in state.history]
+        log.info("resuming from %s after epoch %d of %d", checkpoints.folder, state.epochs_done, settings.epochs)
+    start_epoch = state.epochs_done if state else 0
+    if all_reduce_max(start_epoch, device) != -all_reduce_max(-start_epoch, device):
+        raise RuntimeError(f"the ranks found different checkpoints in {checkpoints.folder}; "
+                           "the checkpoint folder must be on a filesystem every rank shares")
+
+    def step(samples: list[DistillSample], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_batch(samples, model, stats, settings.augmentation, rngs, device)
+
+    progress = tqdm(total=settings.epochs * steps_per_epoch, initial=len(history), desc="distill", unit="step",
+                    disable=not world.is_main)
+    with data_parallel(model, step, world) as run_step:
+        for epoch in range(start_epoch, settings.epochs):
+            torch.manual_seed(torch_seed(settings.seed, epoch, world.rank))  # drop-path draws
+            for batch in global_batches(epoch_order(settings.seed, epoch, len(scan_ids)), settings.batch_size):
+                share = [int(i) for i in rank_share(batch, world.rank, world.size)]
+                samples = [load_sample(scan_ids[i]) for i in share]
+                with autocast(settings.precision, device):
+                    student, teacher = run_step(samples, [scan_rng(settings.seed, epoch, i) for i in share])
+                pairs = len(student)
+                mean = normalized_l2_loss(student, teacher) if pairs else student.sum()  # 0, still a graph
+                loss_sum, total_pairs = all_reduce_sum([mean.item() * pairs, pairs], device)
+                if total_pairs == 0:
+                    raise ValueError(f"epoch {epoch}: a batch has no point with a teacher target; "
+                                     "check the assignments (no camera sees these scans?)")
+                # The loss is the mean over the whole batch's pairs. DDP averages the ranks'
+                # gradients, so each rank's mean is weighted by W times its share of the pairs
+                # (exactly 1.0 for one process).
+                loss = mean * (world.size * pairs / total_pairs)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                record = StepRecord(len(history), epoch, scheduler.get_last_lr()[0], loss_sum / total_pairs,
+                                    int(total_pairs))
+                scheduler.step()
+                history.append(record)
+                if on_step:
+                    on_step(record)
+                progress.update()
+                progress.set_postfix(loss=f"{record.loss:.4f}", epoch=epoch)
+            if checkpoints and world.is_main and checkpoints.due(epoch + 1, settings.epochs):
+                checkpoints.save(TrainingState.capture(epoch + 1, model, optimizer, scheduler, scaler,
+                                                       [asdict(record) for record in history]))
     progress.close()
     model.eval()
     return history
