@@ -5,7 +5,9 @@
 Fits the classifier of `label.method` on the template features (one class per vocabulary
 entry), maps each prompt class to its evaluation label (several prompt classes may count as
 one label), and labels:
-- every point of the evaluation split from its cached 3D feature (`label`);
+- every point of the evaluation split from its cached 3D feature (`label`); a store of PCA
+  coefficients (`point_features.pca.dims`) is read back through its basis, so the same
+  classifier labels the reconstructed features (see pipeline/feature_pca.py for why);
 - the 2D baseline: every point some camera sees, from the teacher feature of its pixel
   (`baseline`; 255 for points no camera sees), as OpenScene's 2D fusion does.
 Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan.
@@ -14,6 +16,7 @@ Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from tqdm import tqdm
 from pipeline.assignments import combine_taps
 from pipeline.classifier import fit_classifier
 from pipeline.datasets.base import IGNORE_LABEL
+from pipeline.feature_pca import PCA_COLUMN, PcaBasis, load_basis
 from pipeline.store import RaggedReader, RaggedWriter, load_safetensors
 from stages.common import (
     ASSIGNMENTS,
@@ -51,6 +55,24 @@ def fit_from_templates(params):
     return fit_classifier(params.label.method, tensors["features"], tensors["labels"], len(stored))
 
 
+def open_point_features(path: Path) -> tuple[RaggedReader, PcaBasis | None]:
+    """A split's point-feature store and, when it holds PCA coefficients rather than full
+    features, the basis they were made with: the file its attributes name, beside the store,
+    checked against the fingerprint they carry."""
+    store = RaggedReader(path)
+    pca = store.attributes.get("pca")
+    if pca is None:
+        return store, None
+    return store, load_basis(path.parent / pca["basis"], fingerprint=pca["fingerprint"])
+
+
+def read_point_features(store: RaggedReader, basis: PcaBasis | None, scan_id: str) -> np.ndarray:
+    """(N, D) features of one scan: as stored, or reconstructed from its PCA coefficients."""
+    if basis is None:
+        return store.read(scan_id, ["feature"])["feature"]
+    return basis.reconstruct(store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("label", args)
@@ -59,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     with summary("label") as facts:
         classifier = fit_from_templates(params)
         to_eval = prompt_to_eval_label(params)
-        features = RaggedReader(POINT_FEATURES / split)
+        features, basis = open_point_features(POINT_FEATURES / split)
         assignments = RaggedReader(ASSIGNMENTS / split)
         patches = RaggedReader(TEACHER_FEATURES / split / "patches")
         taps = RaggedReader(TEACHER_FEATURES / split / "taps")
@@ -67,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         columns = {"label": ("uint8", ()), "baseline": ("uint8", ())}
         with RaggedWriter(out, columns, attributes={"method": params.label.method}) as writer:
             for scan_id in tqdm(features.scan_ids, desc=f"label {split}", unit="scan"):
-                point_features = features.read(scan_id)["feature"]
+                point_features = read_point_features(features, basis, scan_id)
                 label = to_eval[classifier.predict(point_features)]
                 tap = taps.read(scan_id)
                 pixel_features = combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
@@ -79,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                 writer.append(scan_id, label=label, baseline=baseline)
                 points += len(label)
                 seen += len(point_index)
+        if basis is not None:
+            facts["point features"] = (f"reconstructed from {basis.dims} PCA coefficients "
+                                       f"({basis.explained:.2%} of the sample variance)")
         facts[split] = f"{len(features)} scans, {points} points labelled, {seen} seen by a camera (2D baseline)"
         facts["wrote"] = f"{out} ({human_size(out)})"
 
