@@ -5,8 +5,8 @@ a bad value stops with a message naming `params.yaml: <section>.<key>`), and che
 rules that span sections: the vocabulary is not empty and every class counts as an
 evaluation label the dataset knows.
 
-Library classes that own their settings (the teacher, the WaffleIron student, the
-diffusers generator) are used directly as params sections, so there is one definition.
+Library classes that own their settings (the teacher, the students, the diffusers
+generator) are used directly as params sections, so there is one definition.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pipeline.datasets.label_map import (
     nuscenes_label_map,
     semantic_kitti_label_map,
 )
+from pipeline.feature_pca import FeaturePcaConfig
 from pipeline.generation.diffusers_backend import DiffusersConfig
+from pipeline.precision import Precision
+from pipeline.students import StudentParams
 from pipeline.students.point_inputs import INTENSITY_STATS, IntensityStats
-from pipeline.students.waffleiron import WaffleIronConfig
 from pipeline.teacher import TeacherConfig
 
 
@@ -147,7 +149,13 @@ class DistillParams:
 
     The schedule warms up linearly for `warmup_epochs`, decays as a reciprocal square root
     with timescale `rsqrt_timescale_epochs`, and cools down linearly to 0 over the last
-    `cooldown_epochs`.
+    `cooldown_epochs`. `batch_size` is the global batch: under torchrun the processes
+    share it, and the result is the single process's (`pipeline.ddp`).
+
+    precision: fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only).
+    gradient_checkpointing: recompute the student's block activations in the backward pass.
+    checkpoint_every_epochs: save the training state every this many epochs, so an
+    interrupted run continues from there (`pipeline.checkpoint`).
     """
 
     epochs: int = 65
@@ -160,6 +168,33 @@ class DistillParams:
     max_points: int = 20000
     augment: bool = True
     seed: int = 0
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    checkpoint_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_epochs < 1:
+            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
+
+
+@dataclass(frozen=True)
+class PointFeatureParams:
+    """Which weights compute the point features.
+
+    checkpoint: null runs the distilled student (cache/student). A path to a released ScaLR /
+    ScaLR+ `ckpt_last.pth` runs those weights instead, with no distillation at all, in a
+    WaffleIron built from `student.waffleiron` (which must describe the checkpoint: the
+    release is width 768, depth 48, head_hidden 2048, out_channels 1024, the release grids
+    and fov) and needs `student.arch: waffleiron`.
+    allow_unsafe_pickle: checkpoints are read with torch.load(weights_only=True); a file that
+    needs full unpickling (which can run arbitrary code) is refused unless this is true.
+    pca: with `pca.dims` set, store k PCA coefficients per point instead of the full feature
+    (`pipeline.feature_pca`); null dims (the default) stores the full features.
+    """
+
+    checkpoint: str | None = None
+    allow_unsafe_pickle: bool = False
+    pca: FeaturePcaConfig = field(default_factory=FeaturePcaConfig)
 
 
 @dataclass(frozen=True)
@@ -188,8 +223,9 @@ class Params:
     template_features: TemplateFeatureParams = field(default_factory=TemplateFeatureParams)
     assignments: AssignmentParams = field(default_factory=AssignmentParams)
     teacher_features: TeacherFeatureParams = field(default_factory=TeacherFeatureParams)
-    student: WaffleIronConfig = field(default_factory=WaffleIronConfig)
+    student: StudentParams = field(default_factory=StudentParams)
     distill: DistillParams = field(default_factory=DistillParams)
+    point_features: PointFeatureParams = field(default_factory=PointFeatureParams)
     label: LabelParams = field(default_factory=LabelParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
