@@ -173,3 +173,93 @@ def save_contact_sheet(images_by_class: dict[str, list[Image.Image]], out_path: 
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
     return Path(out_path)
+
+
+# Query pictures (stages/query.py): a fixed size, so the file is always QUERY_FIGURE_INCHES x QUERY_DPI pixels.
+QUERY_FIGURE_INCHES = (16, 8)
+QUERY_DPI = 80
+UNMATCHED_COLOUR = (0.75, 0.75, 0.75, 1.0)
+
+
+def _name_colour(index: int) -> tuple:
+    return (*PALETTE[index % len(PALETTE)], 1.0)
+
+
+def draw_matches_bev(ax, xyz: np.ndarray, match: np.ndarray, names: Sequence[str], extent: float = 50.0) -> None:
+    """Bird's-eye view: every point light grey, matched points (match >= 0) larger in their name's colour."""
+    ax.scatter(xyz[:, 0], xyz[:, 1], color=UNMATCHED_COLOUR, s=0.5, linewidths=0)
+    for index, name in enumerate(names):
+        hit = match == index
+        ax.scatter(xyz[hit, 0], xyz[hit, 1], color=_name_colour(index), s=3.0, linewidths=0,
+                   label=f"{name} ({int(hit.sum())} points)")
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+    ax.set_title("bird's-eye view (lidar frame, metres)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(loc="upper right", fontsize=8, markerscale=4)
+
+
+def best_camera(record: ScanRecord, match: np.ndarray) -> int:
+    """The index of the camera that sees the most matched points (0 when none sees any)."""
+    pairs = project_to_cameras(record.points[:, :3], record.cameras)
+    matched = match[pairs.point_index] >= 0
+    return int(np.bincount(pairs.camera_index[matched], minlength=len(record.cameras)).argmax())
+
+
+def draw_matches_camera(ax, record: ScanRecord, match: np.ndarray, names: Sequence[str], camera_index: int) -> None:
+    """One camera image with the scan's points projected: faint grey, matched ones in their name's colour."""
+    camera = record.cameras[camera_index]
+    pairs = project_to_cameras(record.points[:, :3], [camera])
+    with Image.open(camera.image_path) as image:
+        ax.imshow(np.asarray(image.convert("RGB")))
+    matched = match[pairs.point_index]
+    rest = matched < 0
+    ax.scatter(pairs.pixel[rest, 0], pairs.pixel[rest, 1], color=UNMATCHED_COLOUR, s=1.0, alpha=0.3, linewidths=0)
+    for index in range(len(names)):
+        hit = matched == index
+        ax.scatter(pairs.pixel[hit, 0], pairs.pixel[hit, 1], color=_name_colour(index), s=5.0, linewidths=0)
+    ax.set_xlim(0, camera.width)
+    ax.set_ylim(camera.height, 0)
+    ax.set_title(f"camera {camera.name}: {int((~rest).sum())} of {len(pairs)} projected points match", fontsize=9)
+    ax.axis("off")
+
+
+def save_query_picture(record: ScanRecord, match: np.ndarray, names: Sequence[str],
+                       prototypes: Sequence[Sequence[Image.Image]], out_path: Path, title: str,
+                       per_row: int = 8) -> Path:
+    """The picture of a text query on one scan, QUERY_FIGURE_INCHES x QUERY_DPI pixels.
+
+    Left: the bird's-eye view with the matched points of each name in its colour. Right, top:
+    the camera that sees the most matches (`best_camera`), points projected. Right, bottom: the
+    prototype images each name was matched with (up to `per_row`), framed in its colour.
+    """
+    fig = plt.figure(figsize=QUERY_FIGURE_INCHES, layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.0, 1.1), height_ratios=(1.6, 1.0))
+    draw_matches_bev(fig.add_subplot(grid[:, 0]), record.points, match, names)
+    camera_ax = fig.add_subplot(grid[0, 1])
+    if record.cameras:
+        draw_matches_camera(camera_ax, record, match, names, best_camera(record, match))
+    else:
+        camera_ax.text(0.5, 0.5, "this scan has no camera", ha="center", va="center")
+        camera_ax.axis("off")
+    thumbs = grid[1, 1].subgridspec(len(names), per_row + 1)
+    for row, (name, images) in enumerate(zip(names, prototypes)):
+        label_ax = fig.add_subplot(thumbs[row, 0])
+        label_ax.text(1.0, 0.5, name, ha="right", va="center", fontsize=9, color=_name_colour(row))
+        label_ax.axis("off")
+        for col in range(per_row):
+            ax = fig.add_subplot(thumbs[row, col + 1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(images):
+                ax.imshow(np.asarray(images[col].convert("RGB")))
+                for spine in ax.spines.values():
+                    spine.set_color(_name_colour(row))
+                    spine.set_linewidth(2.0)
+            else:
+                ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(out_path, dpi=QUERY_DPI, format="png")
+    plt.close(fig)
+    return Path(out_path)

@@ -28,6 +28,7 @@ from stages.common import (
     METRICS,
     PICTURES,
     PREDICTIONS,
+    human_size,
     log,
     stage_arguments,
     start_stage,
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         write_metrics(results, classes)
         for name, m in results.items():
             log.info("%-12s mIoU %.3f  oAcc %.3f  mAcc %.3f  (%d points)", name, m.miou, m.oacc, m.macc, m.num_points)
+        facts["read"] = f"{PREDICTIONS / split} ({len(predictions)} scans), truth from {params.dataset.root}"
         facts["mIoU"] = ", ".join(f"{name} {m.miou:.3f}" for name, m in results.items())
-        facts["pictures"] = ", ".join(str(PICTURES / p) for p in pictures)
+        facts["wrote"] = f"{METRICS} ({human_size(METRICS)}), {PICTURES} ({human_size(PICTURES)})"
 
 
 def write_metrics(results: dict, classes: tuple[str, ...]) -> None:

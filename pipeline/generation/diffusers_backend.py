@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline.devices import DeviceChoice, resolve_device
 
@@ -289,6 +290,7 @@ class DiffusersGenerator:
         pipe = self.load()
         images: list[Image.Image] = []
         size = self.config.batch_size
+        progress = tqdm(total=len(prompts), desc="diffusers", unit="image", leave=False)
         for start in range(0, len(prompts), size):
             batch_prompts = list(prompts[start : start + size])
             batch_seeds = seeds[start : start + size]
@@ -315,6 +317,8 @@ class DiffusersGenerator:
                     f"for {len(batch_prompts)} prompts"
                 )
             images.extend(image.convert("RGB") for image in batch_images)
+            progress.update(len(batch_images))
+        progress.close()
         return images
 
 
