@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,3 +67,58 @@ def tree_hash(path: Path) -> str:
 def write_params(folder: Path, params: dict) -> Path:
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return folder / "params.yaml"
+
+
+# ------------------------------------------------------------------ DVC in scratch git clones
+
+# What a scratch clone takes from the working tree, committed or not (the rest comes from git).
+WORKING_TREE = ("pipeline", "stages", "dvc.yaml", "params.yaml")
+
+
+def scratch_clone(folder: Path, params: dict) -> Path:
+    """A git clone of the project at `folder`, with the working tree's code and dvc.yaml and
+    `params` as its params.yaml: a workspace where `dvc repro` may run."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(folder)], check=True)
+    for path in WORKING_TREE:
+        source = REPO / path
+        if source.is_dir():
+            shutil.rmtree(folder / path)
+            shutil.copytree(source, folder / path, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, folder / path)
+    write_params(folder, params)
+    return folder
+
+
+def run_dvc(folder: Path, *args: str, path_first: Path | None = None) -> subprocess.CompletedProcess:
+    """`dvc <args>` in `folder` with the venv's bin on PATH (stage commands run `python`);
+    `path_first` goes before it (see `stage_tripwire`). Returns the finished process."""
+    bin_dir = Path(sys.executable).parent
+    path = os.pathsep.join(str(p) for p in (path_first, bin_dir, os.environ["PATH"]) if p)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=path)
+    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=folder, env=env, capture_output=True, text=True)
+
+
+def dvc_ok(folder: Path, *args: str, path_first: Path | None = None) -> str:
+    """`run_dvc` that must succeed; returns its stdout."""
+    result = run_dvc(folder, *args, path_first=path_first)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def stage_tripwire(folder: Path) -> tuple[Path, Path]:
+    """A folder holding a `python` (and a `torchrun`) that log their arguments and fail, and
+    the log they write.
+
+    Put the folder first on PATH (`run_dvc(..., path_first=...)`): every stage command
+    (`python -m stages.<name>`) then fails and leaves a line in the log instead of running,
+    so a test sees that no stage ran without trusting dvc's own report.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "stage_runs.log"
+    for name in ("python", "torchrun"):
+        program = folder / name
+        program.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n'
+                           f'echo "tripwire: a stage ran: {name} $*" >&2\nexit 97\n')
+        program.chmod(0o755)
+    return folder, log
