@@ -79,9 +79,9 @@ class RelabelSetup:
 
 def prototype_images(params, class_name: str) -> list:
     """The class's prototypes, made as the prototypes stage makes them."""
-    from stages.prototypes import made_images
+    from pipeline.generation.prototype_sets import make_prototype_images
 
-    made, _ = made_images(params, class_name)
+    made, _ = make_prototype_images(params.prototypes, class_name, params.vocabulary[class_name].prompts)
     return [image for image, _ in made]
 
 

@@ -63,20 +63,7 @@ from PIL import Image
 
 from pipeline.classifier import NearestPrototypeClassifier, l2_normalize
 from pipeline.config import PrototypeParams
-from pipeline.generation.blank import generate_class_images
-from pipeline.generation.image_folder import (
-    class_folder,
-    list_class_images,
-    load_class_images,
-)
-from pipeline.generation.manifest import (
-    ClassManifest,
-    ManifestImage,
-    prototype_file_name,
-    read_manifest,
-    save_png,
-    write_manifest,
-)
+from pipeline.generation.image_folder import class_folder, list_class_images
 from pipeline.teacher import TeacherConfig, file_sha256
 
 DEFAULT_PROMPTS = ("a photo of a {}",)
@@ -146,49 +133,6 @@ def check_source_knows(cfg: PrototypeParams, name: str, params_file: str | Path 
             f"prototypes.source: diffusers in {params_file} (prototypes.diffusers.model: a local diffusers "
             "pipeline folder or hub id), or use prototypes.source: folder with ready-made images."
         )
-
-
-def make_prototype_images(cfg: PrototypeParams, name: str, prompts: Sequence[str]) -> tuple[list, str]:
-    """(list of (image, ManifestImage fields), source) of `name` from the configured source.
-
-    The body of the `prototypes` stage, for any name and prompts (not only vocabulary classes).
-    """
-    if cfg.source == "folder":
-        images = load_class_images(cfg.folder, name)
-        # The path inside the folder, so the manifest does not depend on where the folder lives.
-        return [(item.image, dict(generator=item.path.relative_to(cfg.folder).as_posix())) for item in images], "folder"
-    if cfg.source == "procedural":
-        from pipeline.generation.procedural import ProceduralGenerator
-
-        generator = ProceduralGenerator(name, cfg.image_size)
-    else:
-        from pipeline.generation.diffusers_backend import DiffusersGenerator
-
-        generator = DiffusersGenerator(cfg.diffusers)
-    generated = generate_class_images(generator, name, tuple(prompts), cfg.images_per_class, cfg.seed)
-    return [(g.image, dict(generator=generator.generator_id, prompt=g.prompt, seed=g.seed,
-                           attempt=g.attempt)) for g in generated], cfg.source
-
-
-def write_prototype_folder(folder: Path, name: str, source: str, images: list) -> ClassManifest:
-    """PNGs 00000.png, ... and manifest.json of `images` ((image, fields) pairs) into an existing folder."""
-    entries = []
-    for index, (image, fields) in enumerate(images):
-        file = prototype_file_name(index)
-        save_png(image, folder / file)
-        entries.append(ManifestImage.for_image(file, image, **fields))
-    manifest = ClassManifest(name, source, tuple(entries))
-    write_manifest(folder, manifest)
-    return manifest
-
-
-def read_prototype_folder(folder: Path) -> list[Image.Image]:
-    """The RGB images a prototype folder's manifest lists, in order (validated by `read_manifest`)."""
-    images = []
-    for entry in read_manifest(folder).images:
-        with Image.open(folder / entry.file) as image:
-            images.append(image.convert("RGB"))
-    return images
 
 
 # --------------------------------------------------------------------------- scoring

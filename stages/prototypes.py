@@ -12,15 +12,7 @@ in the IGLOSS authors' layout.
 from __future__ import annotations
 
 from pipeline.config_loading import ConfigError
-from pipeline.generation.blank import generate_class_images
-from pipeline.generation.image_folder import load_class_images
-from pipeline.generation.manifest import (
-    ClassManifest,
-    ManifestImage,
-    prototype_file_name,
-    save_png,
-    write_manifest,
-)
+from pipeline.generation.prototype_sets import make_prototype_images, write_prototype_folder
 from pipeline.store import atomic_output
 from stages.common import (
     PROTOTYPES,
@@ -30,27 +22,6 @@ from stages.common import (
     start_stage,
     summary,
 )
-
-
-def made_images(params, class_name: str) -> tuple[list, str]:
-    """(list of (image, ManifestImage fields), source) for the configured source."""
-    cfg = params.prototypes
-    if cfg.source == "folder":
-        images = load_class_images(cfg.folder, class_name)
-        # The path inside the folder, so the manifest does not depend on where the folder lives.
-        return [(item.image, dict(generator=item.path.relative_to(cfg.folder).as_posix())) for item in images], "folder"
-    if cfg.source == "procedural":
-        from pipeline.generation.procedural import ProceduralGenerator
-
-        generator = ProceduralGenerator(class_name, cfg.image_size)
-    else:
-        from pipeline.generation.diffusers_backend import DiffusersGenerator
-
-        generator = DiffusersGenerator(cfg.diffusers)
-    generated = generate_class_images(generator, class_name, params.vocabulary[class_name].prompts,
-                                      cfg.images_per_class, cfg.seed)
-    return [(g.image, dict(generator=generator.generator_id, prompt=g.prompt, seed=g.seed,
-                           attempt=g.attempt)) for g in generated], cfg.source
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,17 +34,13 @@ def main(argv: list[str] | None = None) -> None:
                           f"it has {', '.join(params.vocabulary)}")
     out = PROTOTYPES / args.class_name
     with summary(f"prototypes {args.class_name}") as facts:
-        images, source = made_images(params, args.class_name)
-        entries = []
+        images, source = make_prototype_images(params.prototypes, args.class_name,
+                                               params.vocabulary[args.class_name].prompts)
         with atomic_output(out) as tmp:
             tmp.mkdir(parents=True)
-            for index, (image, fields) in enumerate(images):
-                name = prototype_file_name(index)
-                save_png(image, tmp / name)
-                entries.append(ManifestImage.for_image(name, image, **fields))
-            write_manifest(tmp, ClassManifest(args.class_name, source, tuple(entries)))
+            write_prototype_folder(tmp, args.class_name, source, images)
         log.debug("manifest: %s", out / "manifest.json")
-        facts["wrote"] = f"{len(entries)} {source} images to {out} ({human_size(out)})"
+        facts["wrote"] = f"{len(images)} {source} images to {out} ({human_size(out)})"
 
 
 if __name__ == "__main__":

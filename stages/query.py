@@ -40,6 +40,11 @@ from tqdm import tqdm
 
 from pipeline.datasets import open_reader
 from pipeline.feature_pca import PcaBasis
+from pipeline.generation.prototype_sets import (
+    make_prototype_images,
+    read_prototype_folder,
+    write_prototype_folder,
+)
 from pipeline.query import (
     DEFAULT_PROMPTS,
     UNMATCHED,
@@ -48,11 +53,8 @@ from pipeline.query import (
     ScoreMode,
     build_scorer,
     check_source_knows,
-    make_prototype_images,
     query_key,
-    read_prototype_folder,
     select_matches,
-    write_prototype_folder,
 )
 from pipeline.store import (
     RaggedReader,
