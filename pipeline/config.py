@@ -11,6 +11,8 @@ generator) are used directly as params sections, so there is one definition.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -225,6 +227,7 @@ class Params:
     teacher_features: TeacherFeatureParams = field(default_factory=TeacherFeatureParams)
     student: StudentParams = field(default_factory=StudentParams)
     distill: DistillParams = field(default_factory=DistillParams)
+    distill_datasets: dict[str, DatasetParams] = field(default_factory=dict)
     point_features: PointFeatureParams = field(default_factory=PointFeatureParams)
     label: LabelParams = field(default_factory=LabelParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -247,9 +250,18 @@ def validate_vocabulary(vocabulary: dict[str, VocabularyClass], dataset: Dataset
             )
 
 
+def validate_distill_datasets(datasets: dict[str, DatasetParams], where: str) -> None:
+    """Each extra distillation dataset's name becomes part of a folder name: keep it plain."""
+    for name in datasets:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ConfigError(f"{key_path(where, 'distill_datasets')}.{name}: a name of letters, digits, '_' "
+                              "and '-' only (it names the dataset's folders in cache/)")
+
+
 def parse_params(data: dict, where: str = "params:") -> Params:
     params = build(Params, data, where)
     validate_vocabulary(params.vocabulary, params.dataset, where)
+    validate_distill_datasets(params.distill_datasets, where)
     return params
 
 

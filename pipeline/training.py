@@ -47,6 +47,8 @@ class DistillSample:
     """One training scan and its teacher targets, kept in their compact cached form.
 
     points: float32 (N, 4) x, y, z, intensity.
+    intensity_stats: the standardisation of its dataset's intensity (each dataset of a merged
+        distillation set has its own).
     target_row: int64 (N,) assignment row that teaches each point, -1 when none does.
     patch_features: (U, D) teacher features of the patches the assignments read.
     tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
@@ -55,6 +57,7 @@ class DistillSample:
     """
 
     points: np.ndarray
+    intensity_stats: IntensityStats
     target_row: np.ndarray
     patch_features: torch.Tensor
     tap: torch.Tensor
@@ -96,7 +99,6 @@ class StepRecord:
 def training_batch(
     samples: Sequence[DistillSample],
     model: Student,
-    stats: IntensityStats,
     augmentation: Augmentation | None,
     rngs: Sequence[np.random.Generator],
     device: torch.device,
@@ -106,7 +108,7 @@ def training_batch(
     rngs: one generator per sample, so a sample's augmentation does not depend on the
     others of its batch (or on which rank draws it).
     """
-    prepared = [prepare_input(model.config, s.points, stats, augmentation=augmentation, rng=rng)
+    prepared = [prepare_input(model.config, s.points, s.intensity_stats, augmentation=augmentation, rng=rng)
                 for s, rng in zip(samples, rngs, strict=True)]
     student, teacher = [], []
     for sample, scan, output in zip(samples, prepared, run_student(model, prepared, device)):
@@ -122,7 +124,6 @@ def distill_student(
     scan_ids: Sequence[str],
     load_sample: Callable[[str], DistillSample],
     settings: TrainingSettings,
-    stats: IntensityStats,
     device: torch.device,
     on_step: Callable[[StepRecord], None] | None = None,
     checkpoints: Checkpoints | None = None,
@@ -161,7 +162,7 @@ def distill_student(
                            "the checkpoint folder must be on a filesystem every rank shares")
 
     def step(samples: list[DistillSample], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_batch(samples, model, stats, settings.augmentation, rngs, device)
+        return training_batch(samples, model, settings.augmentation, rngs, device)
 
     progress = tqdm(total=settings.epochs * steps_per_epoch, initial=len(history), desc="distill", unit="step",
                     disable=not world.is_main)

@@ -175,6 +175,28 @@ def save_contact_sheet(images_by_class: dict[str, list[Image.Image]], out_path: 
     return Path(out_path)
 
 
+def save_loss_curve(steps: Sequence[int], losses: Sequence[float], learning_rates: Sequence[float],
+                    out_path: Path) -> Path:
+    """The distillation loss per optimiser step (log scale) with the learning rate beneath it.
+
+    A picture of the same numbers as the loss csv, so the curve shows in `dvc plots show`
+    without the vega scripts its csv charts load from the internet.
+    """
+    fig, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 5), sharex=True, height_ratios=(3, 1),
+                                         layout="constrained")
+    loss_ax.plot(steps, losses, linewidth=0.8, color="tab:blue")
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss (normalised L2)")
+    loss_ax.set_title(f"distillation: {len(steps)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", fontsize=10)
+    loss_ax.grid(True, which="both", alpha=0.3)
+    lr_ax.plot(steps, learning_rates, linewidth=0.8, color="tab:orange")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("step")
+    lr_ax.grid(True, alpha=0.3)
+    fig.savefig(out_path, dpi=90, format="png")
+    plt.close(fig)
+    return Path(out_path)
+
 # Query pictures (stages/query.py): a fixed size, so the file is always QUERY_FIGURE_INCHES x QUERY_DPI pixels.
 QUERY_FIGURE_INCHES = (16, 8)
 QUERY_DPI = 80

@@ -3,8 +3,8 @@
     python -m stages.assignments
     torchrun --nproc_per_node=K -m stages.assignments    # K CPU processes, same bytes
 
-For each split that distillation or evaluation uses, writes cache/assignments/<split>/, a
-ragged zarr store with one row per assigned point: point_index, camera, pixel (u, v) at
+For each split that distillation or evaluation uses, writes cache/assignments/<split>/ (for
+an entry of `distill_datasets`, cache/assignments/<split>@<name>/), a ragged zarr store with one row per assigned point: point_index, camera, pixel (u, v) at
 the teacher's input size and patch (row, col). Cheap per scan (a fraction of a second) but
 hours for a full nuScenes split in one process, so it shards like the GPU stages.
 """
@@ -21,8 +21,10 @@ from pipeline.distributed import ShardedOutput, World, launched
 from pipeline.teacher import teacher_patch_size
 from stages.common import (
     ASSIGNMENTS,
+    SplitSource,
     human_size,
     stage_arguments,
+    split_sources,
     start_stage,
     summary,
 )
@@ -35,8 +37,8 @@ COLUMNS = {
 }
 
 
-def write_split(params, split: str, out: Path, world: World) -> dict:
-    reader = open_reader(params.dataset, split)
+def write_split(params, source: SplitSource, out: Path, world: World) -> dict:
+    reader = open_reader(source.dataset, source.split)
     cfg = params.assignments
     patch = teacher_patch_size(params.teacher)
     points = assigned = dropped = 0
@@ -47,7 +49,7 @@ def write_split(params, split: str, out: Path, world: World) -> dict:
     }
     with ShardedOutput(out, reader.scan_ids, world) as output, \
          output.ragged(None, COLUMNS, attributes=attributes) as writer:
-        for scan_id in tqdm(output.scan_ids, desc=f"assignments {split}", unit="scan",
+        for scan_id in tqdm(output.scan_ids, desc=f"assignments {source.key}", unit="scan",
                             disable=not world.is_main):
             record = reader.read(scan_id)
             result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
@@ -65,11 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("assignments", args)
     with launched("cpu") as world, summary("assignments") as facts:  # numpy work: gloo, CPU
-        for split in params.dataset.splits:
-            counts = write_split(params, split, ASSIGNMENTS / split, world)
-            facts[split] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
+        for source in split_sources(params):
+            counts = write_split(params, source, ASSIGNMENTS / source.key, world)
+            facts[source.key] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
                             f"assigned ({100 * counts['assigned'] / max(counts['points'], 1):.1f}%), "
-                            f"{counts['dropped']} non-finite dropped, {human_size(ASSIGNMENTS / split)}")
+                            f"{counts['dropped']} non-finite dropped, {human_size(ASSIGNMENTS / source.key)}")
 
 
 if __name__ == "__main__":

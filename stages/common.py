@@ -11,9 +11,10 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
-from pipeline.config import Params, load_params
+from pipeline.config import DatasetParams, Params, load_params
 
 log = logging.getLogger("stages")
 
@@ -27,13 +28,44 @@ DEMO_ROOT = Path("data/demo")
 PROTOTYPES = CACHE / "prototypes"  # /<class>/
 PROTOTYPE_PICTURES = PLOTS / "prototypes"
 TEMPLATES_FILE = CACHE / "template_features" / "templates.safetensors"
-ASSIGNMENTS = CACHE / "assignments"  # /<split>/
-TEACHER_FEATURES = CACHE / "teacher_features"  # /<split>/{patches,taps}
+ASSIGNMENTS = CACHE / "assignments"  # /<split key>/ (SplitSource.key)
+TEACHER_FEATURES = CACHE / "teacher_features"  # /<split key>/{patches,taps}
 STUDENT = CACHE / "student"
 LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
+LOSS_PICTURE = PLOTS / "distill" / "train_loss.png"
 POINT_FEATURES = CACHE / "point_features"  # /<split>/
 PREDICTIONS = CACHE / "predictions"  # /<split>/
 PICTURES = PLOTS / "evaluate"
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One split of one dataset that assignments and teacher features are made for.
+
+    key: its folder under cache/assignments and cache/teacher_features: the split name for the
+    main `dataset`, `<split>@<name>` for an entry of `distill_datasets`.
+    """
+
+    key: str
+    dataset: DatasetParams
+    split: str
+
+
+def distill_sources(params: Params) -> list[SplitSource]:
+    """What distillation learns from: the main dataset's distill split, then each of
+    `distill_datasets` (its own distill split, read with its own format and intensity stats)."""
+    main = SplitSource(params.dataset.distill_split, params.dataset, params.dataset.distill_split)
+    return [main] + [SplitSource(f"{d.distill_split}@{name}", d, d.distill_split)
+                     for name, d in params.distill_datasets.items()]
+
+
+def split_sources(params: Params) -> list[SplitSource]:
+    """Every split the assignments and teacher features are made for: the distillation sources
+    and the main dataset's evaluation split (the 2D baseline reads it)."""
+    sources = distill_sources(params)
+    if params.dataset.eval_split != params.dataset.distill_split:
+        sources.insert(1, SplitSource(params.dataset.eval_split, params.dataset, params.dataset.eval_split))
+    return sources
 
 
 def stage_arguments(description: str) -> argparse.ArgumentParser:

@@ -3,9 +3,12 @@
     python -m stages.distill
     torchrun --nproc_per_node 4 -m stages.distill     # 4 processes (GPUs), the same result
 
-Reads the distillation split's scans, assignments and teacher features; writes
+Reads the scans, assignments and teacher features of the distillation split and of each
+entry of `distill_datasets` (merged into one training set, each dataset with its own
+intensity standardisation, as ScaLR+ merges nuScenes, SemanticKITTI and PandaSet); writes
 cache/student/ (model.safetensors, config.json) and plots/distill/train_loss.csv (one row per
-optimiser step: step, epoch, lr, loss, pairs), declared as a DVC plot. Only rank 0 writes.
+optimiser step: step, epoch, lr, loss, pairs) and its picture plots/distill/train_loss.png,
+both declared as DVC plots. Only rank 0 writes.
 
 While it trains it keeps its last checkpoint in cache/distill_checkpoint/ (every
 `distill.checkpoint_every_epochs` epochs): a killed run, rerun by hand or by `dvc repro`,
@@ -35,12 +38,16 @@ from pipeline.student_io import save_student
 from pipeline.students import build_student
 from pipeline.students.point_inputs import Augmentation
 from pipeline.training import DistillSample, TrainingSettings, distill_student
+from pipeline.viz import save_loss_curve
 from stages.common import (
     ASSIGNMENTS,
     CACHE,
     LOSS_LOG,
+    LOSS_PICTURE,
     STUDENT,
     TEACHER_FEATURES,
+    SplitSource,
+    distill_sources,
     human_size,
     stage_arguments,
     start_stage,
@@ -50,14 +57,17 @@ from stages.common import (
 CHECKPOINT = CACHE / "distill_checkpoint"
 
 
-class SampleLoader:
-    """Loads one training scan: its points and the teacher target of each assigned point."""
+class SourceLoader:
+    """Loads training scans of one distillation source: points, and the teacher target of each
+    assigned point."""
 
-    def __init__(self, params, split: str) -> None:
-        self.reader = open_reader(params.dataset, split)
-        self.assignments = RaggedReader(ASSIGNMENTS / split)
-        self.patches = RaggedReader(TEACHER_FEATURES / split / "patches")
-        self.taps = RaggedReader(TEACHER_FEATURES / split / "taps")
+    def __init__(self, source: SplitSource) -> None:
+        self.source = source
+        self.reader = open_reader(source.dataset, source.split)
+        self.intensity_stats = source.dataset.intensity_stats()
+        self.assignments = RaggedReader(ASSIGNMENTS / source.key)
+        self.patches = RaggedReader(TEACHER_FEATURES / source.key / "patches")
+        self.taps = RaggedReader(TEACHER_FEATURES / source.key / "taps")
         self.dim = self.patches.columns["feature"].inner_shape[0]
 
     def __call__(self, scan_id: str) -> DistillSample:
@@ -68,14 +78,43 @@ class SampleLoader:
         target_row[point_index] = np.arange(len(point_index))
         return DistillSample(
             points=points,
+            intensity_stats=self.intensity_stats,
             target_row=target_row,
             patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
             tap=torch.from_numpy(taps["tap"]),
             weight=torch.from_numpy(taps["weight"]),
         )
 
+    def identity(self) -> list:
+        """The assignment and teacher feature attributes, scans and row counts of this source."""
+        return [self.source.key, self.assignments.attributes, self.assignments.scan_ids,
+                self.assignments.offsets.tolist(), self.patches.attributes, self.patches.offsets.tolist()]
 
-def run_fingerprint(params, loader: SampleLoader) -> str:
+
+class DistillationSet:
+    """The scans of every distillation source (`stages.common.distill_sources`) as one training set.
+
+    A scan's id here is `<source key>/<scan id>`, so scans of different datasets never clash.
+    """
+
+    def __init__(self, sources: list[SplitSource]) -> None:
+        self.loaders = [SourceLoader(source) for source in sources]
+        teachers = {loader.source.key: (loader.patches.attributes.get("teacher", ""), loader.dim)
+                    for loader in self.loaders}
+        if len(set(teachers.values())) > 1:
+            raise ValueError(f"{TEACHER_FEATURES}: the distillation sources were encoded by different teachers "
+                             f"{teachers}; rerun `dvc repro teacher_features`")
+        self.teacher, self.dim = next(iter(teachers.values()))
+        self._scans = {f"{loader.source.key}/{scan_id}": (loader, scan_id)
+                       for loader in self.loaders for scan_id in loader.assignments.scan_ids}
+        self.scan_ids = tuple(self._scans)
+
+    def __call__(self, scan_id: str) -> DistillSample:
+        loader, source_scan_id = self._scans[scan_id]
+        return loader(source_scan_id)
+
+
+def run_fingerprint(params, data: DistillationSet) -> str:
     """What makes two distill runs one run, hashed: a checkpoint of another run is ignored.
 
     The params the stage reads and the identity of its data: the assignment and teacher
@@ -89,11 +128,10 @@ def run_fingerprint(params, loader: SampleLoader) -> str:
         del distill[setting]
     identity = {
         "dataset": asdict(params.dataset),
+        "distill_datasets": {name: asdict(d) for name, d in params.distill_datasets.items()},
         "student": asdict(params.student),
         "distill": distill,
-        "assignments": [loader.assignments.attributes, loader.assignments.scan_ids,
-                        loader.assignments.offsets.tolist()],
-        "teacher_features": [loader.patches.attributes, loader.patches.offsets.tolist()],
+        "sources": [loader.identity() for loader in data.loaders],
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -103,12 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     params = start_stage("distill", args)
     cfg = params.distill
     with summary("distill") as facts:
-        loader = SampleLoader(params, params.dataset.distill_split)
+        data = DistillationSet(distill_sources(params))
         arch = params.student.arch
-        if params.student.out_channels != loader.dim:
+        if params.student.out_channels != data.dim:
             raise ConfigError(
                 f"{args.params}: student.{arch}.out_channels is {params.student.out_channels} but the teacher "
-                f"features have {loader.dim} channels; set student.{arch}.out_channels: {loader.dim}")
+                f"features have {data.dim} channels; set student.{arch}.out_channels: {data.dim}")
         settings = TrainingSettings(
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
@@ -123,16 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         torch.manual_seed(cfg.seed)  # weight init
         model = build_student(params.student.config)
-        checkpoints = Checkpoints(CHECKPOINT, run_fingerprint(params, loader), cfg.checkpoint_every_epochs)
+        checkpoints = Checkpoints(CHECKPOINT, run_fingerprint(params, data), cfg.checkpoint_every_epochs)
         with launched() as world:  # one process, or this rank of torchrun's (its GPU on CUDA)
             check_precision(cfg.precision, world.device, f"{args.params}: distill.precision")
-            history = distill_student(model, loader.assignments.scan_ids, loader, settings,
-                                      params.dataset.intensity_stats(), world.device,
+            history = distill_student(model, data.scan_ids, data, settings, world.device,
                                       checkpoints=checkpoints, world=world)
         if not world.is_main:
             return
         with atomic_output(STUDENT) as tmp:
-            save_student(tmp, model, {"teacher": loader.patches.attributes.get("teacher", ""),
+            save_student(tmp, model, {"teacher": data.teacher,
                                       "epochs": cfg.epochs, "steps": len(history),
                                       "final_loss": history[-1].loss})
         with atomic_output(LOSS_LOG) as tmp:
@@ -140,10 +177,13 @@ def main(argv: list[str] | None = None) -> None:
                 writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
                 writer.writeheader()
                 writer.writerows(asdict(r) for r in history)
+        with atomic_output(LOSS_PICTURE) as tmp:
+            save_loss_curve([r.step for r in history], [r.loss for r in history], [r.lr for r in history], tmp)
         checkpoints.clear()  # the run is done; a finished checkpoint could only mislead a later run
+        facts["read"] = ", ".join(f"{loader.source.key} {len(loader.assignments)} scans" for loader in data.loaders)
         facts["steps"] = len(history)
         facts["loss"] = f"{history[0].loss:.4f} -> {history[-1].loss:.4f}"
-        facts["wrote"] = f"{STUDENT} ({human_size(STUDENT)}), {LOSS_LOG}"
+        facts["wrote"] = f"{STUDENT} ({human_size(STUDENT)}), {LOSS_LOG}, {LOSS_PICTURE}"
 
 
 if __name__ == "__main__":

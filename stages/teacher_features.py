@@ -3,8 +3,9 @@
     python -m stages.teacher_features
     torchrun --nproc_per_node=K -m stages.teacher_features    # K processes (GPUs), same bytes
 
-For each split, reads the assignments, runs the frozen teacher over the cameras that hold
-an assigned pixel, and writes cache/teacher_features/<split>/ with two ragged stores:
+For each split of the assignments (cache/assignments/<key>/: a split, or <split>@<name> for
+an entry of `distill_datasets`), runs the frozen teacher over the cameras that hold an
+assigned pixel, and writes cache/teacher_features/<key>/ with two ragged stores:
 `patches` (per scan, the fp16 features of the patches some assignment reads, and their flat
 patch ids) and `taps` (per assignment, the 4 rows of `patches` it combines and their weights:
 bilinear in "pixel" mode, one patch with weight 1 in "patch" mode). Under torchrun or srun,
@@ -26,8 +27,10 @@ from pipeline.teacher import Teacher
 from stages.common import (
     ASSIGNMENTS,
     TEACHER_FEATURES,
+    SplitSource,
     human_size,
     stage_arguments,
+    split_sources,
     start_stage,
     summary,
 )
@@ -38,9 +41,9 @@ def read_assignments(store: RaggedReader, scan_id: str) -> ScanAssignments:
     return ScanAssignments(rows["point_index"], rows["camera"], rows["pixel"], rows["patch"])
 
 
-def write_split(params, teacher: Teacher, split: str, out: Path, world: World) -> dict:
-    reader = open_reader(params.dataset, split)
-    assignments = RaggedReader(ASSIGNMENTS / split)
+def write_split(params, teacher: Teacher, source: SplitSource, out: Path, world: World) -> dict:
+    reader = open_reader(source.dataset, source.split)
+    assignments = RaggedReader(ASSIGNMENTS / source.key)
     grid = teacher.grid_size
     dim = teacher.embed_dim
     mode = params.assignments.mode
@@ -52,7 +55,7 @@ def write_split(params, teacher: Teacher, split: str, out: Path, world: World) -
                        attributes=attributes) as patch_store, \
          output.ragged("taps", {"tap": ("int32", (4,)), "weight": ("float16", (4,))},
                        attributes=attributes) as tap_store:
-        for scan_id in tqdm(output.scan_ids, desc=f"teacher {split}", unit="scan", disable=not world.is_main):
+        for scan_id in tqdm(output.scan_ids, desc=f"teacher {source.key}", unit="scan", disable=not world.is_main):
             cameras = reader.read(scan_id).cameras
             needed = needed_patches(patch_taps(read_assignments(assignments, scan_id), grid,
                                                teacher.patch_size, mode))
@@ -79,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
          summary("teacher_features") as facts:
         teacher = Teacher(params.teacher)
         facts["teacher"] = teacher.teacher_id
-        for split in params.dataset.splits:
-            counts = write_split(params, teacher, split, TEACHER_FEATURES / split, world)
-            facts[split] = (f"{counts['scans']} scans, {counts['images']} images, "
-                            f"{counts['patches']} patches kept, {human_size(TEACHER_FEATURES / split)}")
+        for source in split_sources(params):
+            counts = write_split(params, teacher, source, TEACHER_FEATURES / source.key, world)
+            facts[source.key] = (f"{counts['scans']} scans, {counts['images']} images, "
+                                 f"{counts['patches']} patches kept, {human_size(TEACHER_FEATURES / source.key)}")
 
 
 if __name__ == "__main__":
