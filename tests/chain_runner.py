@@ -72,7 +72,7 @@ def write_params(folder: Path, params: dict) -> Path:
 # ------------------------------------------------------------------ DVC in scratch git clones
 
 # What a scratch clone takes from the working tree, committed or not (the rest comes from git).
-WORKING_TREE = ("pipeline", "stages", "dvc.yaml", "params.yaml")
+WORKING_TREE = ("pipeline", "stages", "presets", "scripts", "dvc.yaml", "params.yaml")
 
 
 def scratch_clone(folder: Path, params: dict) -> Path:

@@ -1,4 +1,4 @@
-"""Working as a lab (docs/lab.md): clones that share a DVC cache, or a remote, restore each
+"""Working as a lab (README): clones that share a DVC cache, or a remote, restore each
 other's stages from the run cache instead of recomputing them.
 
 The first clone runs the small chain once (about a minute of CPU); every other clone must
@@ -32,7 +32,7 @@ class Lab:
 
 
 def use_shared_cache(clone: Path, cache: Path) -> None:
-    """docs/lab.md, "A shared cache": machine-specific settings go to .dvc/config.local."""
+    """README, "A shared cache directory": machine-specific settings go to .dvc/config.local."""
     dvc_ok(clone, "cache", "dir", "--local", str(cache))
     dvc_ok(clone, "config", "--local", "cache.shared", "group")
     dvc_ok(clone, "config", "--local", "cache.type", "symlink,hardlink,copy")
@@ -113,7 +113,7 @@ def test_clones_with_their_own_cache_restore_from_a_remote(lab):
 
     The first path goes up to point_features: a remote never receives `cache: false`
     outputs (template_features' and evaluate's plots and metrics), so those two stages
-    rerun in a clone that only has the remote (docs/lab.md).
+    rerun in a clone that only has the remote (README, "A remote").
     """
     remote = lab.root / "remote"
     dvc_ok(lab.first, "remote", "add", "--local", "--default", "lab", str(remote))
