@@ -45,6 +45,18 @@ def l2_normalize(features: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return features / np.maximum(norms, eps)
 
 
+def normalized_product(features: np.ndarray, matrix: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """`l2_normalize(features) @ matrix` in float64, without the normalised (N, D) copy.
+
+    The row norms divide the (N, K) product instead of the (N, D) features: with K classes
+    far fewer than D feature channels this is one pass less over the features (labelling a
+    split spends its time here). Equal to the plain form up to float64 rounding.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", features, features))
+    return (features @ matrix) / np.maximum(norms, eps)[:, None]
+
+
 def _check_templates(features: np.ndarray, labels: np.ndarray, num_classes: int | None) -> int:
     """Validate template features/labels; return the number of classes K."""
     features = np.asarray(features)
@@ -89,7 +101,7 @@ class LinearClassifier:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, K) float64 logits of (N, D) features of any float dtype."""
-        return l2_normalize(features) @ self.weight.T + self.bias
+        return normalized_product(features, self.weight.T) + self.bias
 
     def predict(self, features: np.ndarray, block: int = _PREDICT_BLOCK) -> np.ndarray:
         """(N,) int64 labels, computed block by block so N can be millions."""
@@ -113,7 +125,7 @@ class NearestPrototypeClassifier:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, K) float64: the best cosine similarity per class."""
-        similarity = l2_normalize(features) @ self.prototypes.T
+        similarity = normalized_product(features, self.prototypes.T)
         return np.maximum.reduceat(similarity, self.starts, axis=1)
 
     def predict(self, features: np.ndarray, block: int = _PREDICT_BLOCK) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Geometry shared by the stages: projecting lidar points into calibrated cameras.
 
-All functions are vectorised over points and cameras: a scan of 35k points and six cameras
-is one batched matrix product, with no per-point loop and no per-camera copy of the cloud.
+All functions are vectorised over points: a scan of 35k points and six cameras is a handful
+of BLAS matrix products, with no per-point loop and no per-camera copy of the cloud.
 """
 
 from __future__ import annotations
@@ -55,23 +55,32 @@ def project_to_cameras(
     xyz = np.asarray(xyz, dtype=np.float64)[:, :3]
     transforms = np.stack([c.lidar_to_camera for c in cameras])  # (C, 4, 4)
     intrinsics = np.stack([c.intrinsics for c in cameras])  # (C, 3, 3)
-    # (C, N, 3) camera-frame coordinates: R p + t for every camera in one product.
-    in_camera = np.einsum("cij,nj->cni", transforms[:, :3, :3], xyz) + transforms[:, None, :3, 3]
-    depth = in_camera[..., 2]
-    in_front = depth > min_depth
-    safe_depth = np.where(in_front, depth, 1.0)
-    homogeneous = np.einsum("cij,cnj->cni", intrinsics, in_camera)
-    u = homogeneous[..., 0] / safe_depth
-    v = homogeneous[..., 1] / safe_depth
-    widths = np.array([c.width for c in cameras], dtype=np.float64)[:, None]
-    heights = np.array([c.height for c in cameras], dtype=np.float64)[:, None]
-    keep = in_front & (u > min_pixel) & (u < widths - 1) & (v > min_pixel) & (v < heights - 1)
-    camera_index, point_index = np.nonzero(keep)
+    # One BLAS product per step (matmul, not einsum: einsum loops in C without BLAS and was
+    # 10x slower here). Depth first, for every camera at once: only the points in front of a
+    # camera (a third of them for a six-camera ring) are projected through its intrinsics.
+    depth_all = xyz @ transforms[:, 2, :3].T + transforms[:, 2, 3]  # (N, C)
+    in_front = depth_all > min_depth
+    point_parts, camera_parts, pixel_parts, depth_parts = [], [], [], []
+    for camera_index, camera in enumerate(cameras):
+        front = np.flatnonzero(in_front[:, camera_index])
+        # K (R p + t) = (K R) p + K t: one (n, 3) x (3, 3) product.
+        projection = intrinsics[camera_index] @ transforms[camera_index, :3, :]  # (3, 4)
+        homogeneous = xyz[front] @ projection[:, :3].T + projection[:, 3]
+        depth = depth_all[front, camera_index]
+        u = homogeneous[:, 0] / depth
+        v = homogeneous[:, 1] / depth
+        keep = (u > min_pixel) & (u < camera.width - 1) & (v > min_pixel) & (v < camera.height - 1)
+        point_parts.append(front[keep])
+        camera_parts.append(np.full(int(keep.sum()), camera_index, dtype=np.int64))
+        pixel_parts.append(np.stack([u[keep], v[keep]], axis=1))
+        depth_parts.append(depth[keep])
+    point_index = np.concatenate(point_parts).astype(np.int64, copy=False)
+    camera_index = np.concatenate(camera_parts)
     return PointPixels(
         point_index=point_index,
         camera_index=camera_index,
-        pixel=np.stack([u[keep], v[keep]], axis=1),
-        depth=depth[keep],
+        pixel=np.concatenate(pixel_parts),
+        depth=np.concatenate(depth_parts),
     )
 
 
