@@ -192,10 +192,15 @@ class PointFeatureParams:
     needs full unpickling (which can run arbitrary code) is refused unless this is true.
     pca: with `pca.dims` set, store k PCA coefficients per point instead of the full feature
     (`pipeline.feature_pca`); null dims (the default) stores the full features.
+    precision: a WaffleIron runs as its folded inference build (`pipeline.students.inference`:
+    BatchNorms folded, channels-last; about 2x faster and a third of the activation memory on
+    a CPU), in fp32 (the module's features up to float rounding) or bf16 (faster again, cosine
+    > 0.9999 to fp32). The sparse UNet runs as it is.
     """
 
     checkpoint: str | None = None
     allow_unsafe_pickle: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
     pca: FeaturePcaConfig = field(default_factory=FeaturePcaConfig)
 
 

@@ -207,7 +207,9 @@ def test_point_features_runs_a_scalr_checkpoint_without_distillation(chain, tmp_
         scan_id = store.scan_ids[0]
         expected = predict(source, DEMO_WAFFLEIRON, reader.read(scan_id).points).half().numpy()
     assert store.attributes["student_teacher"] == "ScaLR checkpoint ckpt_last.pth"
-    np.testing.assert_array_equal(store.read(scan_id)["feature"], expected)
+    # The stage runs the folded inference build in fp32: the module's features up to float rounding.
+    np.testing.assert_allclose(store.read(scan_id)["feature"].astype(np.float32), expected.astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
 
     params["student"]["arch"] = "sparse_unet"
     write_params(folder, params)

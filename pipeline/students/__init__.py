@@ -40,11 +40,13 @@ from pipeline.students.sparse_unet import (
     collate_voxels,
     prepare_voxels,
 )
+from pipeline.students.inference import InferenceWaffleIron
 from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
 
 StudentArch = Literal["waffleiron", "sparse_unet"]
 StudentConfig = WaffleIronConfig | SparseUNetConfig
 Student = WaffleIron | SparseUNet
+InferenceStudent = Student | InferenceWaffleIron  # what `run_student` runs
 PreparedInput = PreparedScan | VoxelScan
 
 
@@ -110,12 +112,14 @@ def prepare_input(
     raise TypeError(f"not a student config: {type(config).__name__}")
 
 
-def run_student(model: Student, scans: Sequence[PreparedInput], device: torch.device) -> list[torch.Tensor]:
+def run_student(model: InferenceStudent, scans: Sequence[PreparedInput], device: torch.device) -> list[torch.Tensor]:
     """Run the student on prepared scans as one batch: one (n_kept, out_channels) tensor per scan.
 
-    Gradients flow when grad mode is on; wrap in `torch.inference_mode()` to predict.
+    Gradients flow when grad mode is on; wrap in `torch.inference_mode()` to predict. A
+    WaffleIron may come as its folded inference build (`students.inference`), which takes the
+    same inputs.
     """
-    if isinstance(model, WaffleIron):
+    if isinstance(model, WaffleIron | InferenceWaffleIron):
         batch = collate(scans).to(device)
         return batch.unpad(model(batch.features, batch.neighbors, batch.cell_indices, batch.occupancy))
     if isinstance(model, SparseUNet):
@@ -125,6 +129,7 @@ def run_student(model: Student, scans: Sequence[PreparedInput], device: torch.de
 
 
 __all__ = [
+    "InferenceStudent",
     "PreparedInput",
     "Student",
     "StudentArch",
