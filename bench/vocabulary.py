@@ -147,7 +147,9 @@ def prepare(world: Path, scratch: Path, device: torch.device, classes: int | Non
     save_student(scratch / "cache" / "student", build_student(params.student.config), {"teacher": "bench"})
     with inside(scratch):
         point_features.main(["--params", str(params_file)])
-    model, _ = load_student(scratch / "cache" / "student", device)
+    # The baseline reruns the student as the stage runs it (folded, in point_features.precision).
+    model = point_features.inference_build(load_student(scratch / "cache" / "student", device)[0],
+                                           params.point_features.precision)
     split = params.dataset.eval_split
     images = {name: prototype_images(params, name) for name in tqdm(params.class_names, desc="prototypes")}
     setup = RelabelSetup(params, RaggedReader(scratch / "cache" / "point_features" / split),

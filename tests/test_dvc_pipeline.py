@@ -5,15 +5,14 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from chain_runner import REPO, scratch_clone, small_params
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {"demo_world", "prototypes", "template_features", "assignments", "teacher_features",
                  "distill", "point_features", "label", "evaluate"}
 
@@ -109,20 +108,7 @@ def changed_stages(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory) -> Path:
     """A scratch copy of the project with the small world, after one full `dvc repro`."""
-    folder = tmp_path_factory.mktemp("dvc") / "project"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(folder)], check=True)
-    for path in ("pipeline", "stages", "dvc.yaml", "params.yaml"):  # the working tree, committed or not
-        source = REPO / path
-        if source.is_dir():
-            shutil.rmtree(folder / path)
-            shutil.copytree(source, folder / path, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, folder / path)
-    params = yaml.safe_load((folder / "params.yaml").read_text())
-    params["demo_world"]["size"] = "small"
-    params["prototypes"]["images_per_class"] = 2
-    params["distill"].update(epochs=1, batch_size=2, max_points=4000)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    folder = scratch_clone(tmp_path_factory.mktemp("dvc") / "project", small_params())
     dvc(folder, "repro")
     return folder
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,24 +12,7 @@ from pipeline.students.inference import (
 )
 from pipeline.students.point_inputs import NUSCENES_INTENSITY, collate, prepare_scan
 from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
-
-TINY = WaffleIronConfig(
-    width=16,
-    depth=3,
-    grids=((8, 8), (8, 4), (8, 4)),
-    fov=((-4.0, -4.0, -1.0), (4.0, 4.0, 1.0)),
-    num_neighbors=4,
-    drop_path=0.0,
-    head_hidden=32,
-    out_channels=8,
-)
-
-
-def random_points(num_points: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    xyz = rng.uniform([-3.8, -3.8, -0.9], [3.8, 3.8, 0.9], size=(num_points, 3))
-    return np.hstack([xyz, rng.uniform(0, 100, size=(num_points, 1))]).astype(np.float32)
-
+from test_waffleiron import TINY, random_points
 
 def trained_looking(config: WaffleIronConfig = TINY, seed: int = 0) -> WaffleIron:
     """Random weights with norms that are not identities, so every fold is exercised."""
