@@ -1,0 +1,57 @@
+"""Peak memory of the point_features stage with the full-size student, on one scan (issue #4).
+
+Builds a random WaffleIron of the ScaLR+ release sizes (width 768, depth 48, MLP head
+2048 -> 1024), prepares it as the stage does (`stages.point_features.inference_build` in the
+given precision, or the plain module with `--plain`) and runs the stage's per-scan work
+(`PointFeatureComputer`) on the largest scan of the evaluation split of a finished chain
+folder. Prints the scan size, the time and the process's peak resident set (ru_maxrss: the
+whole process, weights, inputs and Python included).
+
+    .venv/bin/python bench/point_features_memory.py /tmp/chain [--precision bf16 | --plain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline.config import load_params  # noqa: E402
+from pipeline.datasets import open_reader  # noqa: E402
+from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig  # noqa: E402
+from stages.point_features import PointFeatureComputer, inference_build  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chain", type=Path, help="a chain folder: its params.yaml and dataset are read")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--plain", action="store_true", help="the checkpoint-compatible module, not folded")
+    args = parser.parse_args()
+    os.chdir(args.chain)
+    params = load_params("params.yaml")
+    reader = open_reader(params.dataset, params.dataset.eval_split)
+    sizes = {scan_id: len(reader.read(scan_id).points) for scan_id in reader.scan_ids}
+    scan_id = max(sizes, key=sizes.get)
+    torch.manual_seed(0)
+    model = WaffleIron(WaffleIronConfig()).eval()
+    runner = model if args.plain else inference_build(model, args.precision)
+    compute = PointFeatureComputer(runner, reader, params.dataset.intensity_stats(), torch.device("cpu"))
+    start = time.perf_counter()
+    features = compute(scan_id)
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    what = "plain module" if args.plain else f"folded {args.precision}"
+    print(f"{what}: scan {scan_id}, {sizes[scan_id]} points ({compute.kept} kept), features {features.shape} "
+          f"{features.dtype}, {seconds:.1f} s, peak RSS {peak_gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
