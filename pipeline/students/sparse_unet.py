@@ -32,12 +32,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.config_loading import build
 
 from pipeline.students.point_inputs import (
     Augmentation,
@@ -114,11 +116,8 @@ class SparseUNetConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> SparseUNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SparseUNetConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**values)
+        """The config of a plain dict (e.g. a student's config.json), every key and type checked."""
+        return build(cls, dict(values), "SparseUNetConfig:")
 
 
 # --------------------------------------------------------------------------- point pre-processing

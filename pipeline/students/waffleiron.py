@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from pipeline.config_loading import build
 
 # The two coordinate axes spanning the plane orthogonal to each projection axis.
 PLANE_AXES: dict[int, tuple[int, int]] = {0: (1, 2), 1: (0, 2), 2: (0, 1)}
@@ -109,11 +111,8 @@ class WaffleIronConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> WaffleIronConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown WaffleIronConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**values)
+        """The config of a plain dict (e.g. a student's config.json), every key and type checked."""
+        return build(cls, dict(values), "WaffleIronConfig:")
 
 
 # --------------------------------------------------------------------------- building blocks
