@@ -13,6 +13,13 @@
 #   4. nuscenes-devkit pins numpy<2 but runs on numpy 2: installed with --no-deps, its real
 #      runtime dependencies are listed in pyproject.toml.
 #   5. spconv-cu120 (the sparse student) is large; it is imported lazily by the code.
+#   6. The `dvc plots show` page (.dvc/plots_page/page.html, set in .dvc/config) loads vega,
+#      vega-lite and vega-embed from .dvc/plots_page/vendor/ (git-ignored) so its charts render
+#      offline. The three files come from the PyPI wheel django-js-lib-vega-embed (pinned by
+#      hash), which ships the official npm builds: vega 5.33.0, vega-lite 5.23.0, vega-embed
+#      6.29.0, byte for byte the npm packages' build/*.min.js less the source-map comment. Only
+#      those files are taken (pip download + unzip); nothing is installed into the venv. They
+#      are refetched when missing, even when the stamp says the rest is up to date.
 #
 # Own torch (e.g. a CUDA build on a GPU machine): install it into .venv first, then run
 #   IGLOSS_TORCH=keep bash scripts/install.sh
@@ -31,7 +38,38 @@ inputs_hash() {
 }
 wanted="$(inputs_hash)"
 
+VEGA_DIR=.dvc/plots_page/vendor
+VEGA_PIN="django-js-lib-vega-embed==6.29.0.3"
+VEGA_SHA=995b3dcd5d8a4b4d1b87503515dd5a1a7ab6b309a0758f951c36fa8d2e06c582
+vega_ok() {
+  [ "$(cat "$VEGA_DIR/SOURCE" 2>/dev/null)" = "$VEGA_PIN" ] &&
+    [ -s "$VEGA_DIR/vega.min.js" ] && [ -s "$VEGA_DIR/vega-lite.min.js" ] && [ -s "$VEGA_DIR/vega-embed.min.js" ]
+}
+install_vega() {
+  echo "[install] vega scripts for the offline plots page ($VEGA_PIN -> $VEGA_DIR)"
+  local tmp
+  tmp=$(mktemp -d)
+  echo "$VEGA_PIN --hash=sha256:$VEGA_SHA" > "$tmp/requirements.txt"
+  "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: --require-hashes -r "$tmp/requirements.txt" -d "$tmp/wheel"
+  "$VENV/bin/python" - "$tmp"/wheel/*.whl "$VEGA_DIR" "$VEGA_PIN" <<'PY'
+import sys, zipfile
+from pathlib import Path
+wheel, out, pin = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+out.mkdir(parents=True, exist_ok=True)
+inside = "js_lib_vega_embed/static/js_lib_vega_embed/"
+with zipfile.ZipFile(wheel) as z:
+    for source, target in [("vega5.js", "vega.min.js"), ("vega-lite5.js", "vega-lite.min.js"),
+                           ("vega-embed6.js", "vega-embed.min.js")]:
+        (out / (target + ".part")).write_bytes(z.read(inside + source))
+        (out / (target + ".part")).replace(out / target)
+(out / "SOURCE").write_text(pin + "\n")
+PY
+  rm -rf "$tmp"
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$wanted" ] && [ -x "$VENV/bin/python" ]; then
+  vega_ok || install_vega
   exit 0
 fi
 
@@ -59,6 +97,8 @@ echo "[install] project and dependencies"
 "${PIP[@]}" -c "$constraints" -e ".[test,sparse]"
 echo "[install] nuscenes-devkit (--no-deps: it pins numpy<2 but runs on numpy 2)"
 "${PIP[@]}" --no-deps nuscenes-devkit==1.2.0
+
+vega_ok || install_vega
 
 echo "$wanted" > "$STAMP"
 echo "[install] done in $(( $(date +%s) - start )) s"
