@@ -5,7 +5,8 @@ cache/template_features and the dataset it ran on; nothing in it is written) and
 k, writes what `point_features.pca.dims: k` writes (`reduce_store`: the basis fitted on the
 same deterministic sample, `--sample-scans` evenly spaced scans of `--points-per-scan`
 points, and the fp16 coefficients) to a temporary folder, reads it back through the label
-stage's reader and labels it with the label stage's classifier. One row per k:
+stage's reader (`pipeline.labelling.point_features`) and labels it with the label stage's
+classifier. One row per k:
 
 * agree: the fraction of points whose label is the one the full features get;
 * mIoU: of the 3D labels on all points (`3d` in metrics.json), full and reduced;
@@ -29,15 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_params  # noqa: E402
 from pipeline.datasets import open_reader  # noqa: E402
-from pipeline.feature_pca import FeaturePcaConfig, reduce_store  # noqa: E402
+from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label  # noqa: E402
+from pipeline.labelling.feature_pca import FeaturePcaConfig, reduce_store  # noqa: E402
+from pipeline.labelling.point_features import PointFeatureReader  # noqa: E402
 from pipeline.metrics import ConfusionAccumulator  # noqa: E402
-from stages.common import POINT_FEATURES  # noqa: E402
-from stages.label import (  # noqa: E402
-    fit_from_templates,
-    open_point_features,
-    prompt_to_eval_label,
-    read_point_features,
-)
+
+# The chain folder's artifacts (the outs of dvc.yaml) this reads.
+POINT_FEATURES = Path("cache/point_features")
+TEMPLATES_FILE = Path("cache/template_features/templates.safetensors")
 
 
 def folder_bytes(path: Path) -> int:
@@ -54,15 +54,17 @@ def main() -> None:
     os.chdir(args.chain)  # params.yaml and the artifact paths are relative to the chain folder
     params = load_params("params.yaml")
     split = params.dataset.eval_split
-    classifier = fit_from_templates(params)
-    to_eval = prompt_to_eval_label(params)
+    classifier = fit_from_templates(TEMPLATES_FILE, params.class_names, params.label.method)
+    to_eval = prompt_to_eval_label([params.vocabulary[c].label for c in params.class_names],
+                                   params.dataset.label_map().classes)
     reader = open_reader(params.dataset, split)
     classes = reader.label_map.classes
-    full_store, basis = open_point_features(POINT_FEATURES / split)
-    if basis is not None:
+    full = PointFeatureReader(POINT_FEATURES / split)
+    if full.basis is not None:
         raise SystemExit(f"{POINT_FEATURES / split} already holds PCA coefficients; give a chain with full features")
+    full_store = full.store
     truth = {s: reader.read(s).labels for s in full_store.scan_ids}
-    full_labels = {s: to_eval[classifier.predict(full_store.read(s)["feature"])] for s in full_store.scan_ids}
+    full_labels = {s: to_eval[classifier.predict(full.read(s))] for s in full_store.scan_ids}
 
     def miou(labels: dict) -> float:
         accumulator = ConfusionAccumulator(len(classes))
@@ -83,8 +85,9 @@ def main() -> None:
         config = FeaturePcaConfig(dims=dims, sample_scans=args.sample_scans, points_per_scan=args.points_per_scan)
         with tempfile.TemporaryDirectory(prefix="pca-") as tmp:
             reduce_store(POINT_FEATURES / split, Path(tmp) / split, Path(tmp) / f"{split}.pca.safetensors", config)
-            reduced, basis = open_point_features(Path(tmp) / split)
-            labels = {s: to_eval[classifier.predict(read_point_features(reduced, basis, s))] for s in reduced.scan_ids}
+            reduced = PointFeatureReader(Path(tmp) / split)
+            basis = reduced.basis
+            labels = {s: to_eval[classifier.predict(reduced.read(s))] for s in reduced.scan_ids}
             reduced_bytes = folder_bytes(Path(tmp)) / scans
         changed = sum(int((labels[s] != full_labels[s]).sum()) for s in labels)
         raw = 2 * points / scans / 1e6  # fp16 bytes per coefficient, in MB per scan

@@ -1,7 +1,7 @@
 """Peak memory of the point_features stage with the full-size student, on one scan (issue #4).
 
 Builds a random WaffleIron of the ScaLR+ release sizes (width 768, depth 48, MLP head
-2048 -> 1024), prepares it as the stage does (`stages.point_features.inference_build` in the
+2048 -> 1024), prepares it as the stage does (`WaffleIron.for_inference` in the
 given precision, or the plain module with `--plain`) and runs the stage's per-scan work
 (`PointFeatureComputer`) on the largest scan of the evaluation split of a finished chain
 folder. Prints the scan size, the time and the process's peak resident set (ru_maxrss: the
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 from pipeline.config import load_params  # noqa: E402
 from pipeline.datasets import open_reader  # noqa: E402
+from pipeline.students.features import PointFeatureComputer  # noqa: E402
 from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig  # noqa: E402
-from stages.point_features import PointFeatureComputer, inference_build  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     scan_id = max(sizes, key=sizes.get)
     torch.manual_seed(0)
     model = WaffleIron(WaffleIronConfig()).eval()
-    runner = model if args.plain else inference_build(model, args.precision)
+    runner = model if args.plain else model.for_inference(args.precision)
     compute = PointFeatureComputer(runner, reader, params.dataset.intensity_stats(), torch.device("cpu"))
     start = time.perf_counter()
     features = compute(scan_id)

@@ -38,13 +38,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.assignments import assign_points, scan_rng  # noqa: E402
-from pipeline.classifier import fit_classifier, l2_normalize  # noqa: E402
+from pipeline.assignments import assign_points  # noqa: E402
 from pipeline.datasets.nuscenes import NuScenesReader  # noqa: E402
 from pipeline.demo_world import DEMO_CLASS_NAMES, DemoWorldConfig, render_exemplar, write_demo_world  # noqa: E402
 from pipeline.generation.seeds import image_seed  # noqa: E402
+from pipeline.labelling.classifier import fit_classifier, l2_normalize  # noqa: E402
 from pipeline.metrics import ConfusionAccumulator  # noqa: E402
-from pipeline.teacher import ArchitectureOverrides, Teacher, TeacherConfig, pixel_features_at  # noqa: E402
+from pipeline.seeding import scan_id_rng  # noqa: E402
+from pipeline.teachers import ArchitectureOverridesConfig, Teacher, TeacherConfig, build_teacher  # noqa: E402
+from pipeline.teachers.upsampling import pixel_features_at  # noqa: E402
 
 PATCH = 14  # DINOv2
 # Prompt class -> nuScenes evaluation class (as params.yaml's vocabulary).
@@ -86,7 +88,7 @@ def collect(reader: NuScenesReader, teacher: Teacher | None, input_size, mode: s
     token_of = {Path(sd["filename"]).name: sd["token"] for sd in reader.nusc.sample_data}
     for scan_id in reader.scan_ids:
         record = reader.read(scan_id)
-        assigned = assign_points(record, input_size, PATCH, 1.0, scan_rng(0, scan_id), OCCLUSION_CELL)
+        assigned = assign_points(record, input_size, PATCH, 1.0, scan_id_rng(0, scan_id), OCCLUSION_CELL)
         if teacher is not None:
             images = torch.stack([teacher.load_image(cam.image_path) for cam in record.cameras])
             patch_feats = teacher.patch_features(images)
@@ -94,7 +96,7 @@ def collect(reader: NuScenesReader, teacher: Teacher | None, input_size, mode: s
             sel = assigned.camera == cam
             uv = assigned.pixel[sel].astype(np.int64)
             if teacher is not None:
-                feats.append(teacher.pixel_features_at(patch_feats[cam], uv, mode=mode).cpu().numpy())
+                feats.append(pixel_features_at(patch_feats[cam], uv, teacher.patch_size, mode=mode).cpu().numpy())
             labels.append(record.labels[assigned.point_index[sel]])
             view = record.cameras[cam]
             truth = truth_labels(reader, reader.root / "truth" / view.name / f"{token_of[view.image_path.name]}_class.png")
@@ -154,9 +156,9 @@ def main(argv=None) -> int:
 
         teacher, templates, template_labels = None, None, None
         if not args.ceiling_only:
-            teacher = Teacher(TeacherConfig(
+            teacher = build_teacher(TeacherConfig(
                 input_size=input_size, template_size=tuple(args.template_size), seed=args.teacher_seed,
-                overrides=ArchitectureOverrides(depth=args.depth, embed_dim=args.embed_dim, num_heads=args.num_heads),
+                overrides=ArchitectureOverridesConfig(depth=args.depth, embed_dim=args.embed_dim, num_heads=args.num_heads),
                 device="cpu",
             ))
             images, template_labels = [], []

@@ -5,7 +5,7 @@ Variants, all computing the same function from the same weights:
 * `eager`: the straightforward eager build of REFERENCE.md (`bench/eager_waffleiron.py`),
   under `torch.no_grad`: the baseline.
 * `module`: the pipeline's `WaffleIron` under `torch.inference_mode`, as `point_features` runs it.
-* `folded-fp32` / `folded-bf16`: `pipeline.students.inference.InferenceWaffleIron`: BatchNorms,
+* `folded-fp32` / `folded-bf16`: `pipeline.students.waffleiron.folded.InferenceWaffleIron`: BatchNorms,
   LayerScales and LayerNorm affines folded, channels-last (N, C) tokens and NHWC planes, the
   embedding's first layer applied per point and chunked, and GEMMs in bf16 for the bf16 one
   (only where `bf16_supported`).
@@ -48,18 +48,17 @@ from bench.common import (
     run_isolated,
 )
 from bench.eager_waffleiron import EagerWaffleIron
-from pipeline.students.inference import (
+from pipeline.datasets import DATASET_FORMATS
+from pipeline.students.waffleiron import (
     InferenceOptions,
     InferenceWaffleIron,
-    bf16_supported,
-)
-from pipeline.students.point_inputs import (
-    NUSCENES_INTENSITY,
     PointBatch,
+    WaffleIron,
+    WaffleIronConfig,
+    bf16_supported,
     collate,
     prepare_scan,
 )
-from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
 
 RELEASE_DEPTH = 48
 MIN_COSINE = 0.999
@@ -221,10 +220,10 @@ def run_case(case: StudentCase) -> CaseResult:
     variant = Variant(case.variant)
     config = case.config()
     points = load_points(case)
-    batch = collate([prepare_scan(points, config, NUSCENES_INTENSITY)]).to(device)
+    batch = collate([prepare_scan(points, config, DATASET_FORMATS["nuscenes"].intensity)]).to(device)
     small = np.random.default_rng(case.seed + 1).choice(len(points), min(case.calibration_points, len(points)),
                                                         replace=False)
-    calibration = collate([prepare_scan(points[np.sort(small)], config, NUSCENES_INTENSITY)])
+    calibration = collate([prepare_scan(points[np.sort(small)], config, DATASET_FORMATS["nuscenes"].intensity)])
     model = benchmark_model(config, calibration, case.seed)
     weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     network, backbone = build_variant(variant, model, device)

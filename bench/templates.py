@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from bench.common import Fact, Row, Section, bench_params_data, cosine_check, measure
 from pipeline.config import parse_params
-from pipeline.teacher import Teacher, load_images, mean_normalized_pixel_feature
+from pipeline.teachers import Teacher, build_teacher
+from pipeline.teachers.images import load_images
+from pipeline.teachers.upsampling import mean_normalized_pixel_feature
 
 MIN_COSINE = 0.99999
 RELEASE_GRID = (1024, 32, 32)  # ViT-L/14 patch features of a 448 x 448 template
@@ -45,7 +47,7 @@ def reference_templates(teacher: Teacher, images: list) -> np.ndarray:
     """One image at a time: load, encode, reduce the full upsampled map."""
     out = np.zeros((len(images), teacher.embed_dim), dtype=np.float32)
     for i, image in enumerate(images):
-        feats = teacher.patch_features(load_images([image], teacher.config.template_size))[0]
+        feats = teacher.patch_features(load_images([image], teacher.template_size))[0]
         out[i] = reference_vector(feats, teacher.patch_size).cpu().numpy()
     return out
 
@@ -58,7 +60,7 @@ def run(world: Path, device: torch.device, runs: int, images_per_class: int, cla
 
     section = Section("4. Template features: the teacher over the prototypes")
     params = parse_params(bench_params_data(world, classes, images_per_class), "bench templates:")
-    teacher = Teacher(params.teacher)
+    teacher = build_teacher(params.teacher)
     images = [image for name in tqdm(params.class_names, desc="prototypes") for image in prototype_images(params, name)]
     batch = params.template_features.batch_size
     check = cosine_check("template vectors agree", teacher.encode_templates(images, batch),

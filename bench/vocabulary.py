@@ -10,8 +10,8 @@ not depend on them), on the device the bench runs on:
 
 * ours: for every scan, read its fp16 features from the store the real `point_features` stage
   wrote (the stage is run once, untimed, to make it) and label them;
-* baseline: for every scan, read it, pre-process it, run the student (`prepare_input`,
-  `run_student`: what `point_features` runs) and label its features;
+* baseline: for every scan, read it, pre-process it, run the student (`config.prepare`,
+  `run_batch`: what `point_features` runs) and label its features;
 * shared by both, timed apart: regenerating the changed class's prototypes, encoding every
   class's prototypes and refitting the classifier.
 
@@ -27,6 +27,9 @@ width), the baseline with the release student's forward (benchmark 2) and the pr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from bench.common import (
+    REPO,
     Check,
     Fact,
     Row,
@@ -46,16 +50,14 @@ from bench.common import (
     profile_top,
     write_params,
 )
-from pipeline.classifier import LinearClassifier, fit_classifier
+from pipeline.labelling.classifier import LinearClassifier, fit_classifier, prompt_to_eval_label
 from pipeline.config import Params, parse_params
 from pipeline.datasets import open_reader
 from pipeline.datasets.base import ScanReader
-from pipeline.store import RaggedReader, RaggedWriter
-from pipeline.student_io import load_student, save_student
-from pipeline.students import build_student, prepare_input, run_student
-from pipeline.students.point_inputs import prepare_scan
-from pipeline.students.waffleiron import WaffleIronConfig
-from pipeline.teacher import Teacher
+from pipeline.store.ragged import RaggedReader, RaggedWriter
+from pipeline.students.io import load_student, save_student
+from pipeline.students.waffleiron import WaffleIronConfig, prepare_scan
+from pipeline.teachers import Teacher, build_teacher
 
 NUSCENES_VAL_SCANS = 6019
 NUSCENES_POINTS_PER_SCAN = 34_720  # 32-beam lidar keyframes, mean
@@ -106,9 +108,9 @@ def labels_from_cache(setup: RelabelSetup, classifier) -> list[np.ndarray]:
 def student_features(setup: RelabelSetup, scan_id: str) -> torch.Tensor:
     """(N, D) float32 features of every original point, computed by the student."""
     record = setup.reader.read(scan_id)
-    scan = prepare_input(setup.model.config, record.points, setup.params.dataset.intensity_stats())
+    scan = setup.model.config.prepare(record.points, setup.params.dataset.intensity_stats())
     with torch.inference_mode():
-        output = run_student(setup.model, [scan], setup.device)[0]
+        output = setup.model.run_batch([scan], setup.device)[0]
         return output[torch.from_numpy(scan.back_projection).to(setup.device)].float().cpu()
 
 
@@ -137,24 +139,23 @@ def prepare(world: Path, scratch: Path, device: torch.device, classes: int | Non
 
     classes, images_per_class: shrink the vocabulary for quick runs (None: as params.yaml says).
     """
-    from stages import point_features
-    from stages.label import prompt_to_eval_label
-
     data = bench_params_data(world, classes, images_per_class)
     params_file = write_params(scratch, data)
     params = parse_params(data, f"{params_file}:")
     torch.manual_seed(0)
-    save_student(scratch / "cache" / "student", build_student(params.student.config), {"teacher": "bench"})
-    with inside(scratch):
-        point_features.main(["--params", str(params_file)])
+    save_student(scratch / "cache" / "student", params.student.config.build(), {"teacher": "bench"})
+    with inside(scratch):  # the stage as dvc runs it (bench/ imports no stage module)
+        python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        subprocess.run([sys.executable, "-m", "stages.point_features", "--params", str(params_file)],
+                       env={**os.environ, "PYTHONPATH": python_path}, check=True)
     # The baseline reruns the student as the stage runs it (folded, in point_features.precision).
-    model = point_features.inference_build(load_student(scratch / "cache" / "student", device)[0],
-                                           params.point_features.precision)
+    model = load_student(scratch / "cache" / "student", device)[0].for_inference(params.point_features.precision)
     split = params.dataset.eval_split
     images = {name: prototype_images(params, name) for name in tqdm(params.class_names, desc="prototypes")}
     setup = RelabelSetup(params, RaggedReader(scratch / "cache" / "point_features" / split),
-                         open_reader(params.dataset, split), model, Teacher(params.teacher), images,
-                         prompt_to_eval_label(params), device)
+                         open_reader(params.dataset, split), model, build_teacher(params.teacher), images,
+                         prompt_to_eval_label([params.vocabulary[c].label for c in params.class_names],
+                                              params.dataset.label_map().classes), device)
     return setup, data
 
 

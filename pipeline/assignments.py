@@ -10,7 +10,6 @@ taps into the patch grid with weights, so one storage layout serves both modes.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,15 +18,30 @@ import torch
 
 from pipeline.datasets.base import ScanRecord
 from pipeline.geometry import PointPixels, project_to_cameras
-from pipeline.teacher import _bilinear_taps
+from pipeline.teachers.upsampling import bilinear_taps
 
 AssignmentMode = Literal["pixel", "patch"]
 
 
-def scan_rng(seed: int, scan_id: str) -> np.random.Generator:
-    """A generator that depends only on (seed, scan id): the same draw whatever the sharding."""
-    digest = hashlib.sha256(f"{seed}:{scan_id}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+@dataclass(frozen=True)
+class AssignmentsConfig:
+    """The `assignments:` params section: how lidar points are tied to teacher patches.
+
+    mode: "pixel" (ScaLR+) takes the bilinearly upsampled teacher feature at the point's
+    pixel; "patch" (DITR) takes the patch at floor(pixel / patch size).
+    camera_selection: "random" keeps one camera per point among those that see it (seeded).
+    min_depth: points closer than this to a camera (metres) are not assigned to it.
+    occlusion_cell: 0 assigns every point that projects into an image (ScaLR+); N > 0 first
+    drops the points that nearer lidar points hide in an N x N pixel cell of the camera image
+    (a lidar z-buffer), so points are taught, and 2D-labelled, by what the camera really sees.
+    Scale N with the image resolution.
+    """
+
+    mode: AssignmentMode = "pixel"
+    camera_selection: Literal["random"] = "random"
+    min_depth: float = 1.0
+    occlusion_cell: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,8 +146,8 @@ def patch_taps(
         return PatchTaps(np.repeat(flat[:, None], 4, axis=1), weight)
     u = torch.as_tensor(assignments.pixel[:, 0].astype(np.int64))
     v = torch.as_tensor(assignments.pixel[:, 1].astype(np.int64))
-    y0, y1, wy = (t.numpy() for t in _bilinear_taps(v, h * patch_size, h))
-    x0, x1, wx = (t.numpy() for t in _bilinear_taps(u, w * patch_size, w))
+    y0, y1, wy = (t.numpy() for t in bilinear_taps(v, h * patch_size, h))
+    x0, x1, wx = (t.numpy() for t in bilinear_taps(u, w * patch_size, w))
     patch = np.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], axis=1) + base[:, None]
     weight = np.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=1)
     return PatchTaps(patch, weight.astype(np.float32))

@@ -5,20 +5,44 @@ against the dataclass fields and each value against the field's type annotation 
 floats, bools, strings, Literal choices, Optional, tuples, dicts and nested dataclasses),
 and stops with a `ConfigError` naming the full key (e.g. `params.yaml: distill.lr`) and
 what was expected. Nothing is coerced silently, except ints where floats are expected and
-lists where tuples are expected (YAML has no tuples).
+lists where tuples are expected (YAML has no tuples). NaN and infinity are refused for every
+float. `load_yaml` reads a file and refuses a key written twice in one mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A params value is unknown, missing or of the wrong type; the message names the key."""
+
+
+class FieldError(ValueError):
+    """A config's own check (`__post_init__`) found one field bad; `build` names its full key."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def require(config: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """The common field checks of a config's `__post_init__`: these fields must be > 0 / >= 0."""
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise FieldError(name, f"must be > 0, got {getattr(config, name)!r}")
+    for name in non_negative:
+        if not getattr(config, name) >= 0:
+            raise FieldError(name, f"must be >= 0, got {getattr(config, name)!r}")
 
 
 def key_path(where: str, name: str) -> str:
@@ -44,6 +68,8 @@ def build(cls: type[T], data: Any, where: str) -> T:
             raise ConfigError(f"{key_path(where, name)}: required key is missing")
     try:
         return cls(**values)
+    except FieldError as error:  # __post_init__ found one field bad: name its key
+        raise ConfigError(f"{key_path(where, error.field)}: {error.problem}") from None
     except (ValueError, TypeError) as error:  # __post_init__ checks across fields
         raise ConfigError(f"{where}: {error}") from None
 
@@ -91,9 +117,41 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf: no setting of ours means anything with them
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if annotation in (int, str, bool):
         if type(value) is not annotation:
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a bug in a config class
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (PyYAML
+    keeps the last one silently; DVC refuses such a file, so a stage run by hand must too)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{key_node.start_mark.name}: key {key!r} is written twice in one mapping, "
+                                  f"on lines {first_line[key]} and {line}; keep one")
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """The data of a YAML file; errors name the file (not found, not YAML, a key written twice)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    loader = _UniqueKeyLoader(path.read_text())
+    loader.name = str(path)  # marks, and so errors, name the file
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()

@@ -42,14 +42,8 @@ import torch
 import torch.distributed as dist
 
 from pipeline.devices import DeviceChoice, resolve_device
-from pipeline.store import (
-    AtomicPath,
-    Chunking,
-    ColumnSpec,
-    RaggedPartWriter,
-    finish_ragged,
-    scans_per_block,
-)
+from pipeline.store.atomic import AtomicPath
+from pipeline.store.ragged import Chunking, ColumnSpec, RaggedPartWriter, finish_ragged, scans_per_block
 
 log = logging.getLogger(__name__)
 

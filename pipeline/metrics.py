@@ -10,6 +10,7 @@ Conventions (REFERENCE "Labelling"):
 * oAcc = trace / total; mAcc = mean recall over the classes present in the truth.
 
 Accumulate over scans by summing confusion matrices (`ConfusionAccumulator`).
+`EvaluateConfig` is the `evaluate:` params section.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 IGNORE_LABEL = 255
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The `evaluate:` params section. preview_scans: how many evenly spaced scans of the
+    evaluation split get a bird's-eye picture of prediction against truth."""
+
+    preview_scans: int = 3
 
 
 def confusion_matrix(

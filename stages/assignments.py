@@ -15,16 +15,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.assignments import assign_points, scan_rng
+from pipeline.assignments import assign_points
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, World, launched
-from pipeline.teacher import teacher_patch_size
+from pipeline.seeding import scan_id_rng
+from pipeline.teachers import teacher_patch_size
 from stages.common import (
     ASSIGNMENTS,
     SplitSource,
     human_size,
-    stage_arguments,
+    run_command,
     split_sources,
+    stage_arguments,
     start_stage,
     summary,
 )
@@ -53,7 +55,7 @@ def write_split(params, source: SplitSource, out: Path, world: World) -> dict:
                             disable=not world.is_main):
             record = reader.read(scan_id)
             result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
-                                   scan_rng(cfg.seed, scan_id), cfg.occlusion_cell)
+                                   scan_id_rng(cfg.seed, scan_id), cfg.occlusion_cell)
             writer.append(scan_id, point_index=result.point_index, camera=result.camera,
                           pixel=result.pixel, patch=result.patch)
             points += len(record.points)
@@ -75,4 +77,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -8,17 +8,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
-from pipeline.config import DatasetParams, Params, load_params
+import yaml
+
+from pipeline.config import Params, load_params
+from pipeline.datasets import DatasetConfig
 
 log = logging.getLogger("stages")
 
 PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
 CACHE = Path("cache")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
@@ -47,7 +52,7 @@ class SplitSource:
     """
 
     key: str
-    dataset: DatasetParams
+    dataset: DatasetConfig
     split: str
 
 
@@ -82,7 +87,33 @@ def start_stage(name: str, args: argparse.Namespace) -> Params:
     logging.basicConfig(level=level, format=f"[{name}] %(message)s", force=True)
     for noisy in ("urllib3", "PIL", "matplotlib", "filelock", "h5py", "numcodecs", "zarr", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return load_params(args.params)
+    return load_project_params(args.params)
+
+
+def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
+    """The params sections that the stages of `dvc_file` declare (`params:` of each stage).
+
+    A stage that owns a section of its own (one no other stage reads) types it itself with
+    `Params.section`; `pipeline.config` accepts such a section only when a stage declares it here,
+    so a new stage is its module plus its entries in dvc.yaml and params.yaml.
+    """
+    if not dvc_file.is_file():
+        return ()
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    sections = []
+    for stage in stages.values():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str) and not entry.startswith("$"):
+                sections.append(entry.split(".")[0])
+    return tuple(dict.fromkeys(sections))
+
+
+def load_project_params(path: Path = PARAMS_FILE) -> Params:
+    """The validated params of the project whose dvc.yaml lies beside `path` (or in the working
+    folder): every stage and command loads params through this."""
+    path = Path(path)
+    beside = path.parent / DVC_FILE
+    return load_params(path, dvc_stage_sections(beside if beside.is_file() else DVC_FILE))
 
 
 @contextmanager
@@ -103,3 +134,33 @@ def human_size(path: Path) -> str:
             return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
         total /= 1024
     return f"{total} B"
+
+
+def verbose_requested(argv: list[str] | None = None) -> bool:
+    """--verbose / -v on the command line, or IGLOSS_VERBOSE set: show tracebacks and debug logs."""
+    argv = sys.argv[1:] if argv is None else argv
+    return bool(os.environ.get("IGLOSS_VERBOSE")) or "--verbose" in argv or "-v" in argv
+
+
+def run_command(main: Callable[[], None]) -> None:
+    """Run a stage's (or a command's) `main` from the command line.
+
+    An error ends in one line on stderr that says what went wrong (our messages name the file or
+    the `params.yaml` key) and exit status 1, not in a Python traceback; with --verbose (or
+    IGLOSS_VERBOSE=1) the traceback is shown. Nothing half-written is left either way: every
+    output is written atomically.
+    """
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:  # noqa: BLE001  (the one place errors become a message)
+        if verbose_requested():
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        name = type(error).__name__
+        known = ("ConfigError", "DatasetError", "ValueError", "FileNotFoundError")
+        print(f"error: {text}" if name in known else f"error ({name}): {text}", file=sys.stderr)
+        print("(run with --verbose for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None

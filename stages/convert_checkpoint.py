@@ -17,11 +17,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.config import load_params
-from pipeline.store import atomic_output
-from pipeline.student_io import load_scalr_student, save_student
+from pipeline.store.atomic import atomic_output
+from pipeline.students.io import load_scalr_student, save_student
 from pipeline.students.waffleiron import WaffleIronConfig
-from stages.common import human_size
+from stages.common import human_size, load_project_params, run_command
 
 log = logging.getLogger("stages")
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[convert_checkpoint] %(message)s", force=True)
 
-    config = WaffleIronConfig() if args.release else load_params(args.params).student.waffleiron
+    config = WaffleIronConfig() if args.release else load_project_params(args.params).student.waffleiron
     model, metadata = load_scalr_student(args.checkpoint, config, args.allow_unsafe_pickle)
     with atomic_output(args.out) as tmp:
         save_student(tmp, model, metadata)
@@ -48,4 +47,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

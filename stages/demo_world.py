@@ -13,12 +13,13 @@ from pathlib import Path
 
 from pipeline.datasets.nuscenes import NuScenesReader
 from pipeline.datasets.semantic_kitti import SemanticKittiReader
-from pipeline.demo_world import DemoWorldConfig, write_demo_world
+from pipeline.demo_world import write_demo_world
 from pipeline.viz import save_scan_preview
 from stages.common import (
     DEMO_ROOT,
     human_size,
     log,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = start_stage("demo_world", args)
     with summary("demo_world") as facts:
-        config = DemoWorldConfig.preset(params.demo_world.size, params.demo_world.seed)
+        config = params.demo_world.world()
         world = write_demo_world(args.out, config)
         previews = write_previews(args.out)
         log.info("world: %s", json.dumps(world, sort_keys=True)[:600])
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from pipeline.datasets import open_reader
 from pipeline.datasets.base import IGNORE_LABEL
 from pipeline.metrics import ConfusionAccumulator
-from pipeline.store import RaggedReader, atomic_output, save_json
+from pipeline.store.atomic import atomic_output, save_json
+from pipeline.store.ragged import RaggedReader
 from pipeline.viz import save_confusion_heatmap, save_iou_bars, save_prediction_bev
 from stages.common import (
     METRICS,
@@ -30,6 +31,7 @@ from stages.common import (
     PREDICTIONS,
     human_size,
     log,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
@@ -118,4 +120,4 @@ def _fmt(value: float) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -19,23 +19,19 @@ instead (column `feature_pca`), and the basis sits beside it in
 cache/point_features/<split>.pca.safetensors. The basis is fitted first, on the features of
 `pca.sample_scans` evenly spaced scans (every rank computes the same sample, so every rank
 has the same basis without talking); the result is byte for byte what
-`pipeline.feature_pca.reduce_store` makes of the full store.
+`pipeline.labelling.feature_pca.reduce_store` makes of the full store.
+
+The work per scan is `pipeline.students.features` (`PointFeatureComputer`); this module only
+wires it to the params, the store and the ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from pipeline.config import Params
-from pipeline.config_loading import ConfigError
 from pipeline.datasets import open_reader
-from pipeline.datasets.base import ScanReader
 from pipeline.distributed import ShardedOutput, launched
-from pipeline.feature_pca import (
+from pipeline.labelling.feature_pca import (
     PcaBasis,
     basis_attributes,
     encode,
@@ -44,66 +40,16 @@ from pipeline.feature_pca import (
     sample_scan_ids,
     save_basis,
 )
-from pipeline.student_io import load_scalr_student, load_student
-from pipeline.students import InferenceStudent, Student, prepare_input, run_student
-from pipeline.students.inference import InferenceOptions, InferenceWaffleIron
-from pipeline.students.waffleiron import WaffleIron
-from pipeline.students.point_inputs import IntensityStats
+from pipeline.students.features import PointFeatureComputer, load_feature_student
 from stages.common import (
     POINT_FEATURES,
     STUDENT,
     human_size,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
 )
-
-
-def load_model(params: Params, where: str, device: torch.device) -> tuple[Student, str]:
-    """The student that computes the features, and where its weights come from."""
-    checkpoint = params.point_features.checkpoint
-    if checkpoint is None:
-        model, metadata = load_student(STUDENT, device)
-        return model, metadata.get("teacher", "")
-    if params.student.arch != "waffleiron":
-        raise ConfigError(f"{where} point_features.checkpoint is a ScaLR (WaffleIron) checkpoint but student.arch "
-                          f"is {params.student.arch!r}; set student.arch: waffleiron")
-    model, metadata = load_scalr_student(checkpoint, params.student.waffleiron,
-                                         params.point_features.allow_unsafe_pickle)
-    return model.to(device), metadata["source"]
-
-
-def inference_build(model: Student, precision: str) -> InferenceStudent:
-    """The fastest equivalent of `model` for prediction: a WaffleIron folded (`students.inference`)."""
-    if isinstance(model, WaffleIron):
-        return InferenceWaffleIron.from_model(model, InferenceOptions(precision=precision))
-    return model
-
-
-class PointFeatureComputer:
-    """The student over one scan at a time: (N, D) fp16 features of every original point."""
-
-    def __init__(self, model: InferenceStudent, reader: ScanReader, stats: IntensityStats,
-                 device: torch.device) -> None:
-        self.model, self.reader, self.stats, self.device = model, reader, stats, device
-        self.points = self.kept = 0
-
-    def __call__(self, scan_id: str) -> np.ndarray:
-        record = self.reader.read(scan_id)
-        scan = prepare_input(self.model.config, record.points, self.stats)
-        with torch.inference_mode():
-            output = run_student(self.model, [scan], self.device)[0]
-            per_point = output[torch.from_numpy(scan.back_projection).to(self.device)]
-        self.points += len(record.points)
-        self.kept += scan.num_points
-        return per_point.half().cpu().numpy()
-
-    def sample(self, scan_ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """(scan id, features) of the given scans, counted apart from the split's totals."""
-        points, kept = self.points, self.kept
-        for scan_id in scan_ids:
-            yield scan_id, self(scan_id)
-        self.points, self.kept = points, kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     basis_file = POINT_FEATURES / f"{split}.pca.safetensors"
     pca = params.point_features.pca
     with launched() as world, summary("point_features") as facts:  # this rank's GPU under torchrun
-        model, source = load_model(params, f"{args.params}:", world.device)
-        model = inference_build(model, params.point_features.precision)
+        model, source = load_feature_student(params.point_features, params.student, STUDENT, f"{args.params}:",
+                                             world.device)
+        model = model.for_inference(params.point_features.precision)
         reader = open_reader(params.dataset, split)
         compute = PointFeatureComputer(model, reader, params.dataset.intensity_stats(), world.device)
         dim = model.config.out_channels
@@ -147,4 +94,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -5,8 +5,10 @@
     python -m stages.preset demo          # back to the demo world
 
 A preset is a complete params file in `presets/`; switching copies it over `params.yaml`
-(validated first, so a broken preset never lands). The params file being replaced is kept
-as `params.previous.yaml`, so edits are never lost. DVC then sees changed params and
+(validated first, so a broken preset never lands). A params file with edits of its own is kept
+before it is replaced, as `params.previous.yaml`, or `params.previous.2.yaml`, `.3`, ... when
+that name holds other edits already, so no switch ever overwrites earlier edits (git ignores
+them all). DVC then sees changed params and
 `dvc repro` reruns what they touch.
 """
 
@@ -17,9 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.config import load_params
-from pipeline.store import atomic_output
-from stages.common import PARAMS_FILE
+from pipeline.store.atomic import atomic_output
+from stages.common import PARAMS_FILE, load_project_params, run_command
 
 PRESETS = Path("presets")
 PREVIOUS = Path("params.previous.yaml")
@@ -38,16 +39,31 @@ def current_preset(params_file: Path = PARAMS_FILE, folder: Path = PRESETS) -> s
     return next((name for name, path in preset_files(folder).items() if path.read_bytes() == content), None)
 
 
+def keep_edits(params_file: Path) -> Path:
+    """Copy `params_file` to the first free `params.previous[.N].yaml` beside it (or to the one
+    that already holds the same bytes) and return that path."""
+    content = params_file.read_bytes()
+    for number in range(1, 10_000):
+        suffix = "" if number == 1 else f".{number}"
+        kept = params_file.with_name(f"{PREVIOUS.stem}{suffix}{PREVIOUS.suffix}")
+        if not kept.exists():
+            with atomic_output(kept) as tmp:
+                tmp.write_bytes(content)
+            return kept
+        if kept.read_bytes() == content:
+            return kept
+    raise SystemExit(f"{params_file.parent}: 10,000 kept params files; delete the params.previous.*.yaml you no longer need")
+
+
 def switch(name: str, params_file: Path = PARAMS_FILE, folder: Path = PRESETS) -> Path | None:
     """Copy preset `name` over `params_file`; returns where the old params were kept (or None)."""
     presets = preset_files(folder)
     if name not in presets:
         raise SystemExit(f"{folder}/{name}.yaml: no such preset; choose one of {', '.join(presets)}")
-    load_params(presets[name])  # a preset that does not validate never replaces params.yaml
+    load_project_params(presets[name])  # a preset that does not validate never replaces params.yaml
     kept = None
     if params_file.is_file() and current_preset(params_file, folder) is None:  # edits of its own
-        kept = params_file.with_name(PREVIOUS.name)
-        shutil.copyfile(params_file, kept)
+        kept = keep_edits(params_file)
     with atomic_output(params_file) as tmp:
         shutil.copyfile(presets[name], tmp)
     return kept
@@ -73,4 +89,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

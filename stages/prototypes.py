@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from pipeline.config_loading import ConfigError
 from pipeline.generation.prototype_sets import make_prototype_images, write_prototype_folder
-from pipeline.store import atomic_output
+from pipeline.store.atomic import atomic_output
 from stages.common import (
     PROTOTYPES,
     human_size,
     log,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
@@ -44,4 +45,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -12,10 +12,10 @@ split) and the pipeline's cached outputs, and writes only its own cache and pict
    `prototypes.images_per_class` images (prompts: `--prompt`, else the vocabulary's prompts
    when the name is a vocabulary class, else "a photo of a {}") and the teacher encodes them.
    Both are kept in cache/query/<key>/ (PNGs, manifest.json, templates.safetensors), keyed
-   by a hash of everything that determines them (`pipeline.query.query_key`), so asking again
-   reuses them without loading the teacher or the generator.
+   by a hash of everything that determines them (`pipeline.labelling.query.PrototypeCache`), so
+   asking again reuses them without loading the teacher or the generator.
 2. Scores: every point of cache/point_features/<eval split> is scored against the names
-   (`pipeline.query`): by default the margin by which the best name beats the other names and
+   (`pipeline.labelling.query`): by default the margin by which the best name beats the other names and
    the vocabulary's classes (cache/template_features), matched above `--threshold` (default
    0); `--absolute` scores raw cosine similarity and needs a threshold; `--top-k` keeps each
    name's k best points per scan instead of thresholding.
@@ -28,41 +28,29 @@ split) and the pipeline's cached outputs, and writes only its own cache and pict
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from pipeline.datasets import open_reader
-from pipeline.feature_pca import PcaBasis
-from pipeline.generation.prototype_sets import (
-    make_prototype_images,
-    read_prototype_folder,
-    write_prototype_folder,
-)
-from pipeline.query import (
+from pipeline.labelling.point_features import PointFeatureReader
+from pipeline.labelling.query import (
     DEFAULT_PROMPTS,
     UNMATCHED,
+    PrototypeCache,
     QueryError,
     QueryScorer,
     ScoreMode,
     build_scorer,
     check_source_knows,
-    query_key,
     select_matches,
+    vocabulary_competitors,
 )
-from pipeline.store import (
-    RaggedReader,
-    atomic_output,
-    load_safetensors,
-    save_safetensors,
-)
-from pipeline.teacher import Teacher
+from pipeline.store.atomic import atomic_output
 from pipeline.viz import save_query_picture
 from stages.common import (
     CACHE,
@@ -70,27 +58,14 @@ from stages.common import (
     POINT_FEATURES,
     TEMPLATES_FILE,
     log,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
 )
-from stages.label import open_point_features, read_point_features
 
 QUERY_CACHE = CACHE / "query"  # /<key>/: PNGs, manifest.json, templates.safetensors
 QUERY_PICTURES = PLOTS / "query"  # /<names>.png
-TEMPLATES_NAME = "templates.safetensors"
-
-
-@dataclass(frozen=True)
-class NamePrototypes:
-    """One query name's prototype images and their (M, D) teacher vectors."""
-
-    name: str
-    folder: Path
-    images: list[Image.Image]
-    features: np.ndarray
-    teacher_id: str
-    cached: bool
 
 
 @dataclass(frozen=True)
@@ -121,86 +96,20 @@ def prompts_for(params, name: str, prompts: list[str] | None) -> tuple[str, ...]
     return params.vocabulary[name].prompts if name in params.vocabulary else DEFAULT_PROMPTS
 
 
-def read_cached(folder: Path, name: str, key: dict) -> NamePrototypes | None:
-    """The cached prototypes of `name`, or None when the folder does not hold exactly this key."""
-    if not (folder / TEMPLATES_NAME).is_file():
-        return None
-    tensors, metadata = load_safetensors(folder / TEMPLATES_NAME)
-    if json.loads(metadata.get("key", "null")) != key:
-        log.warning("%s: holds another query's prototypes (a hash collision?); making them again", folder)
-        return None
-    return NamePrototypes(name, folder, read_prototype_folder(folder), tensors["features"],
-                          metadata["teacher"], cached=True)
-
-
-def load_or_make_prototypes(params, names: tuple[str, ...], prompts: list[str] | None) -> list[NamePrototypes]:
-    """Each name's prototypes from cache/query/<key>/, made (and cached) when absent."""
-    teacher = None  # built only when some name is not cached
-    found = []
-    for name in tqdm(names, desc="query prototypes", unit="name", disable=len(names) < 2):
-        name_prompts = prompts_for(params, name, prompts)
-        key_hash, key = query_key(name, name_prompts, params.prototypes, params.teacher)
-        folder = QUERY_CACHE / key_hash
-        cached = read_cached(folder, name, key)
-        if cached is not None:
-            log.info("%r: prototypes and template vectors from %s", name, folder)
-            found.append(cached)
-            continue
-        log.info("%r: drawing %d %s prototypes (prompts %s)", name, params.prototypes.images_per_class,
-                 params.prototypes.source, list(name_prompts))
-        images, source = make_prototype_images(params.prototypes, name, name_prompts)
-        teacher = teacher or Teacher(params.teacher)
-        features = teacher.encode_templates([image for image, _ in images], params.template_features.batch_size)
-        with atomic_output(folder) as tmp:
-            tmp.mkdir(parents=True)
-            write_prototype_folder(tmp, name, source, images)
-            save_safetensors(tmp / TEMPLATES_NAME, {"features": features},
-                             {"key": key, "name": name, "teacher": teacher.teacher_id})
-        found.append(NamePrototypes(name, folder, [image for image, _ in images], features,
-                                    teacher.teacher_id, cached=False))
-    return found
-
-
-def vocabulary_competitors(names: tuple[str, ...], teacher_id: str) -> list[np.ndarray]:
-    """The template vectors of each vocabulary class not queried by name (cache/template_features)."""
-    tensors, metadata = load_safetensors(TEMPLATES_FILE)
-    if metadata.get("teacher") != teacher_id:
-        raise QueryError(f"{TEMPLATES_FILE}: encoded by teacher {metadata.get('teacher')!r}, but params give "
-                         f"{teacher_id!r}: run `dvc repro template_features`")
-    class_names = json.loads(metadata["class_names"])
-    return [tensors["features"][tensors["labels"] == i] for i, c in enumerate(class_names) if c not in names]
-
-
-@dataclass(frozen=True)
-class PointFeatures:
-    """The cached point features of the evaluation split, read as the label stage reads them."""
-
-    path: Path
-    store: RaggedReader
-    basis: PcaBasis | None  # when the store holds PCA coefficients rather than features
-
-    @property
-    def scan_ids(self) -> tuple[str, ...]:
-        return self.store.scan_ids
-
-    def read(self, scan_id: str) -> np.ndarray:
-        return read_point_features(self.store, self.basis, scan_id)
-
-
-def open_features(params, args) -> PointFeatures:
+def open_features(params, args) -> PointFeatureReader:
     path = POINT_FEATURES / params.dataset.eval_split
     if not path.is_dir():
         raise QueryError(f"{path}: no cached point features of the evaluation split "
                          f"{params.dataset.eval_split!r}; run `dvc repro point_features` first")
-    store, basis = open_point_features(path)
-    if args.scan is not None and args.scan not in store:
-        shown = ", ".join(store.scan_ids[:5])
+    features = PointFeatureReader(path)
+    if args.scan is not None and args.scan not in features:
+        shown = ", ".join(features.scan_ids[:5])
         raise QueryError(f"{path}: no scan {args.scan!r} in split {params.dataset.eval_split!r} "
-                         f"({len(store)} scans, e.g. {shown})")
-    return PointFeatures(path, store, basis)
+                         f"({len(features)} scans, e.g. {shown})")
+    return features
 
 
-def warn_if_other_teacher(features: PointFeatures, teacher_id: str) -> None:
+def warn_if_other_teacher(features: PointFeatureReader, teacher_id: str) -> None:
     source = features.store.attributes.get("student_teacher")
     if source and source != teacher_id:
         # A released ScaLR checkpoint names its file here, not a teacher id: warn, do not refuse.
@@ -209,14 +118,15 @@ def warn_if_other_teacher(features: PointFeatures, teacher_id: str) -> None:
                     teacher_id)
 
 
-def scan_match(scorer: QueryScorer, features: PointFeatures, scan_id: str, args) -> tuple[np.ndarray, np.ndarray]:
+def scan_match(scorer: QueryScorer, features: PointFeatureReader, scan_id: str,
+               args) -> tuple[np.ndarray, np.ndarray]:
     """(match, score) of every point of one scan."""
     index, score = scorer.best(features.read(scan_id))
     match = select_matches(index, score, len(scorer.names), args.threshold, args.top_k)
     return match, score
 
 
-def pick_scan(scorer: QueryScorer, features: PointFeatures, args) -> tuple[str, str]:
+def pick_scan(scorer: QueryScorer, features: PointFeatureReader, args) -> tuple[str, str]:
     """(scan id, why): `--scan`, else the most matches (top-k: the best mean matched score)."""
     if args.scan is not None:
         return args.scan, "given"
@@ -271,11 +181,14 @@ def main(argv: list[str] | None = None) -> QueryOutcome:
             raise QueryError(f"{TEMPLATES_FILE}: not found. Vocabulary scoring compares the query with the "
                              "vocabulary's templates: run `dvc repro template_features`, or score with --absolute")
         start = time.perf_counter()
-        prototypes = load_or_make_prototypes(params, names, args.prompt)
+        queries = [(name, prompts_for(params, name, args.prompt)) for name in names]
+        prototypes = PrototypeCache(QUERY_CACHE).load_or_make(queries, params.prototypes, params.teacher,
+                                                              params.template_features.batch_size)
         prototype_seconds = time.perf_counter() - start
         teacher_id = prototypes[0].teacher_id
         warn_if_other_teacher(features, teacher_id)
-        competitors = vocabulary_competitors(names, teacher_id) if mode is ScoreMode.VOCABULARY else []
+        vocabulary = mode is ScoreMode.VOCABULARY
+        competitors = vocabulary_competitors(TEMPLATES_FILE, names, teacher_id) if vocabulary else []
         scorer = build_scorer(names, [p.features for p in prototypes], competitors, mode)
         scan_id, why = pick_scan(scorer, features, args)
         match, _ = scan_match(scorer, features, scan_id, args)
@@ -299,4 +212,4 @@ def main(argv: list[str] | None = None) -> QueryOutcome:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

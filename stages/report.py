@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from stages.common import METRICS, PLOTS
+from stages.common import METRICS, PLOTS, run_command
 
 RESULT_TITLES = {
     "3d": "3D student, all points",
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

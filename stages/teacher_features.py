@@ -22,15 +22,16 @@ from tqdm import tqdm
 from pipeline.assignments import ScanAssignments, needed_patches, patch_taps
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, World, launched
-from pipeline.store import RaggedReader
-from pipeline.teacher import Teacher
+from pipeline.store.ragged import RaggedReader
+from pipeline.teachers import Teacher, build_teacher
 from stages.common import (
     ASSIGNMENTS,
-    TEACHER_FEATURES,
     SplitSource,
+    TEACHER_FEATURES,
     human_size,
-    stage_arguments,
+    run_command,
     split_sources,
+    stage_arguments,
     start_stage,
     summary,
 )
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     params = start_stage("teacher_features", args)
     with launched(params.teacher.device, setting="teacher.device") as world, \
          summary("teacher_features") as facts:
-        teacher = Teacher(params.teacher)
+        teacher = build_teacher(params.teacher)
         facts["teacher"] = teacher.teacher_id
         for source in split_sources(params):
             counts = write_split(params, teacher, source, TEACHER_FEATURES / source.key, world)
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

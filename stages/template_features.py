@@ -16,14 +16,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.generation.manifest import ManifestError, read_manifest
-from pipeline.store import atomic_output, save_safetensors
-from pipeline.teacher import Teacher
+from pipeline.store.atomic import atomic_output
+from pipeline.store.safetensors import save_safetensors
+from pipeline.teachers import build_teacher
 from pipeline.viz import save_contact_sheet
 from stages.common import (
-    PROTOTYPE_PICTURES,
     PROTOTYPES,
+    PROTOTYPE_PICTURES,
     TEMPLATES_FILE,
     human_size,
+    run_command,
     stage_arguments,
     start_stage,
     summary,
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("template_features", args)
     with summary("template_features") as facts:
-        teacher = Teacher(params.teacher)
+        teacher = build_teacher(params.teacher)
         features, labels, sheet = [], [], {}
         for index, class_name in enumerate(tqdm(params.class_names, desc="templates", unit="class")):
             images = prototype_images(class_name)
@@ -65,4 +67,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.classifier import (
+from pipeline.labelling.classifier import (
     ClassifierMethod,
     LinearClassifier,
     NearestPrototypeClassifier,

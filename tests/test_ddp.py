@@ -18,9 +18,9 @@ import torch
 from chain_runner import REPO, inside, run_stage, small_params, write_params
 
 from pipeline.config import load_params
-from pipeline.sampling import epoch_order, global_batches, rank_share, scan_rng
-from pipeline.store import load_safetensors
-from pipeline.students import build_student
+from pipeline.seeding import epoch_scan_rng
+from pipeline.store.safetensors import load_safetensors
+from pipeline.training.sampling import epoch_order, global_batches, rank_share
 
 
 def distill_folder(chain: Path, folder: Path, **distill) -> Path:
@@ -52,14 +52,15 @@ def test_ranks_share_every_global_batch_and_draw_its_augmentations():
             assert sorted(np.concatenate(shares)) == sorted(batch)
     assert [list(rank_share(np.array([7]), rank, 2)) for rank in (0, 1)] == [[7], [7]]  # short: repeated
     # A scan's augmentation depends on (seed, epoch, scan), not on the rank or the batch.
-    assert scan_rng(0, 3, 5).random() == scan_rng(0, 3, 5).random() != scan_rng(0, 4, 5).random()
+    assert (epoch_scan_rng(0, 3, 5).random() == epoch_scan_rng(0, 3, 5).random()
+            != epoch_scan_rng(0, 4, 5).random())
 
 
 def initial_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The student before training, initialised as the distill stage does."""
     params = load_params(folder / "params.yaml")
     torch.manual_seed(params.distill.seed)
-    return build_student(params.student.config).state_dict()
+    return params.student.config.build().state_dict()
 
 
 def test_two_processes_train_as_one(chain, tmp_path):

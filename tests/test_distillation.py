@@ -8,12 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.distillation import (
-    ScheduleConfig,
-    build_optimizer,
-    lr_factor,
-    normalized_l2_loss,
-)
+from pipeline.training.config import DistillConfig
+from pipeline.training.objective import normalized_l2_loss
+from pipeline.training.schedule import build_optimizer, lr_factor
 
 
 def test_loss_is_zero_for_identical_directions_with_finite_gradient():
@@ -41,7 +38,7 @@ def test_loss_is_a_monotone_function_of_cosine():
 
 
 def test_schedule_key_points():
-    config = ScheduleConfig()  # 65 epochs, warmup 1, timescale 0.45, cooldown from 63
+    config = DistillConfig()  # 65 epochs, warmup 1, timescale 0.45, cooldown from 63
     spe = 100
     factors = [lr_factor(s, spe, config) for s in range(65 * spe + 1)]
     assert factors[0] == pytest.approx(1 / 100)  # small positive first update
@@ -59,16 +56,16 @@ def test_schedule_key_points():
 
 
 def test_schedule_without_warmup_or_cooldown():
-    config = ScheduleConfig(epochs=2, warmup_epochs=0, cooldown_start_epoch=2)
+    config = DistillConfig(epochs=2, warmup_epochs=0, cooldown_epochs=0)
     assert lr_factor(0, 10, config) == 1.0
     assert lr_factor(19, 10, config) == pytest.approx(1 / math.sqrt(1 + 19 / 4.5))
     with pytest.raises(ValueError, match="warmup_epochs"):
-        ScheduleConfig(epochs=5, cooldown_start_epoch=6)
+        DistillConfig(epochs=5, cooldown_epochs=-1)
 
 
 def test_build_optimizer_applies_the_schedule():
     model = torch.nn.Linear(4, 3)
-    config = ScheduleConfig(epochs=3, warmup_epochs=1, cooldown_start_epoch=2)
+    config = DistillConfig(epochs=3, warmup_epochs=1, cooldown_epochs=1)
     optimizer, scheduler = build_optimizer(model, config, steps_per_epoch=4)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.param_groups[0]["weight_decay"] == 0.03
@@ -79,3 +76,10 @@ def test_build_optimizer_applies_the_schedule():
         scheduler.step()
     np.testing.assert_allclose(seen, [0.002 * lr_factor(s, 4, config) for s in range(12)])
     assert optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_cooldown_starts_cooldown_epochs_before_the_end_but_never_inside_the_warmup():
+    assert DistillConfig(epochs=65, cooldown_epochs=2).cooldown_start_epoch == 63
+    assert DistillConfig(epochs=1, warmup_epochs=1.0, cooldown_epochs=2).cooldown_start_epoch == 1.0
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        DistillConfig(epochs=2, warmup_epochs=3)

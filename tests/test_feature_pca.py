@@ -11,7 +11,7 @@ import yaml
 from chain_runner import inside, run_stage, tree_hash, write_params
 
 from pipeline.config_loading import ConfigError, build
-from pipeline.feature_pca import (
+from pipeline.labelling.feature_pca import (
     PCA_COLUMN,
     FeaturePcaConfig,
     PcaAccumulator,
@@ -23,7 +23,7 @@ from pipeline.feature_pca import (
     sample_scan_ids,
     save_basis,
 )
-from pipeline.store import RaggedReader
+from pipeline.store.ragged import RaggedReader
 
 
 def low_rank_features(rows: int = 3000, dim: int = 24, rank: int = 3, seed: int = 0) -> np.ndarray:

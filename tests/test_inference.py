@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_WAFFLEIRON as TINY
+from conftest import NUSCENES_INTENSITY, random_points
 
-from pipeline.students.inference import (
+from pipeline.students.waffleiron.folded import (
     InferenceOptions,
     InferenceWaffleIron,
     bf16_supported,
 )
-from pipeline.students.point_inputs import NUSCENES_INTENSITY, collate, prepare_scan
-from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
-from test_waffleiron import TINY, random_points
+from pipeline.students.waffleiron.inputs import collate, prepare_scan
+from pipeline.students.waffleiron.model import WaffleIron, WaffleIronConfig
 
 def trained_looking(config: WaffleIronConfig = TINY, seed: int = 0) -> WaffleIron:
     """Random weights with norms that are not identities, so every fold is exercised."""
@@ -107,3 +108,16 @@ def test_inference_only_and_options_validated():
     assert isinstance(bf16_supported("cpu"), bool)
     expected = torch.bfloat16 if bf16_supported("cpu") else torch.float32
     assert InferenceOptions(precision="auto").compute_dtype("cpu") == expected
+
+
+def test_for_inference_folds_and_runs_prepared_scans_as_the_module():
+    """`WaffleIron.for_inference` is the folded build the point_features stage runs, and it takes
+    the module's prepared scans (`run_batch`)."""
+    model = trained_looking()
+    folded = model.for_inference("fp32")
+    assert isinstance(folded, InferenceWaffleIron) and folded.dtype == torch.float32 and folded.config == TINY
+    scans = [prepare_scan(random_points(n, seed), TINY, NUSCENES_INTENSITY) for n, seed in ((300, 1), (180, 2))]
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        for expected, got in zip(model.run_batch(scans, cpu), folded.run_batch(scans, cpu)):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

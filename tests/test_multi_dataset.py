@@ -11,8 +11,8 @@ from chain_runner import inside, run_stage, small_params, write_params
 
 from pipeline.config import load_params
 from pipeline.config_loading import ConfigError
-from pipeline.store import RaggedReader
-from pipeline.students.point_inputs import INTENSITY_STATS
+from pipeline.store.ragged import RaggedReader
+from pipeline.datasets import DATASET_FORMATS
 from stages.common import distill_sources, split_sources
 
 KITTI = {"format": "semantic_kitti", "root": "data/demo/semantic_kitti", "distill_split": "train"}
@@ -32,8 +32,8 @@ def test_sources_name_their_folders(chain, tmp_path):
     assert [s.key for s in split_sources(params)] == ["train", "val", "train@kitti"]
     assert [s.key for s in distill_sources(params)] == ["train", "train@kitti"]
     kitti = distill_sources(params)[1]
-    assert kitti.dataset.intensity_stats() == INTENSITY_STATS["semantic_kitti"]
-    assert params.dataset.intensity_stats() == INTENSITY_STATS["nuscenes"]
+    assert kitti.dataset.intensity_stats() == DATASET_FORMATS["semantic_kitti"].intensity
+    assert params.dataset.intensity_stats() == DATASET_FORMATS["nuscenes"].intensity
 
 
 def test_two_formats_distil_together(chain, tmp_path, capsys):
@@ -42,19 +42,19 @@ def test_two_formats_distil_together(chain, tmp_path, capsys):
     with inside(folder):
         for stage in ("assignments", "teacher_features"):
             run_stage(stage)
-        from stages.distill import DistillationSet
+        from stages.distill import distillation_set
 
         params = load_params("params.yaml")
-        data = DistillationSet(distill_sources(params))
+        data = distillation_set(params)
         nuscenes_scans = len(RaggedReader("cache/assignments/train"))
         kitti_scans = len(RaggedReader("cache/assignments/train@kitti"))
         assert kitti_scans > 0 and len(data.scan_ids) == nuscenes_scans + kitti_scans
         kitti_id = next(s for s in data.scan_ids if s.startswith("train@kitti/"))
         sample = data(kitti_id)
-        assert sample.intensity_stats == INTENSITY_STATS["semantic_kitti"]
+        assert sample.intensity_stats == DATASET_FORMATS["semantic_kitti"].intensity
         assert (sample.target_row >= 0).sum() == len(RaggedReader("cache/assignments/train@kitti")
                                                      .read(kitti_id.split("/", 1)[1])["point_index"])
-        assert data(data.scan_ids[0]).intensity_stats == INTENSITY_STATS["nuscenes"]
+        assert data(data.scan_ids[0]).intensity_stats == DATASET_FORMATS["nuscenes"].intensity
         capsys.readouterr()
         run_stage("distill")
     steps = (folder / "plots/distill/train_loss.csv").read_text().splitlines()[1:]

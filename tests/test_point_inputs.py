@@ -1,28 +1,23 @@
-"""Point pre-processing for WaffleIron: voxels, crop, features, kNN, cells, batches, augmentations."""
+"""Point pre-processing: the shared steps (`students.inputs`: voxels, crop, features, augmentations)
+and WaffleIron's own (`waffleiron.inputs`: kNN, cells, batches)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import NUSCENES_INTENSITY
 
-from pipeline.students.point_inputs import (
-    INTENSITY_STATS,
-    NUSCENES_INTENSITY,
-    SEMANTIC_KITTI_INTENSITY,
+from pipeline.students.inputs import (
     Augmentation,
-    IntensityStats,
     augment_points,
     back_projection,
-    cell_indices,
-    collate,
     crop_to_fov,
     input_features,
-    knn_neighbors,
-    prepare_scan,
     random_transform,
     voxelize,
 )
-from pipeline.students.waffleiron import WaffleIronConfig
+from pipeline.students.waffleiron.inputs import cell_indices, collate, knn_neighbors, prepare_scan
+from pipeline.students.waffleiron.model import WaffleIronConfig
 
 CONFIG = WaffleIronConfig()
 
@@ -32,13 +27,6 @@ def street(num_points: int = 3000, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     xyz = rng.uniform([-80, -80, -3], [80, 80, 5], size=(num_points, 3))
     return np.hstack([xyz, rng.uniform(0, 255, size=(num_points, 1))]).astype(np.float32)
-
-
-def test_intensity_constants() -> None:
-    assert NUSCENES_INTENSITY == IntensityStats(18.742355, 22.04632)
-    assert SEMANTIC_KITTI_INTENSITY == IntensityStats(0.28613698, 0.14090556)
-    assert INTENSITY_STATS["nuscenes"] is NUSCENES_INTENSITY
-    assert INTENSITY_STATS["semantic_kitti"] is SEMANTIC_KITTI_INTENSITY
 
 
 def test_voxelize_keeps_the_first_point_of_each_voxel() -> None:

@@ -9,7 +9,7 @@ import pytest
 from chain_runner import REPO, inside
 
 from pipeline.config import load_params
-from pipeline.teacher import teacher_shape
+from pipeline.teachers import teacher_shape
 from stages import preset
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))

@@ -22,12 +22,12 @@ from PIL import Image
 from pipeline.assignments import combine_taps
 from pipeline.config import load_params
 from pipeline.datasets import open_reader
-from pipeline.query import UNMATCHED, QueryError
-from pipeline.store import RaggedReader, RaggedWriter
+from pipeline.labelling.query import UNMATCHED, QueryError
+from pipeline.store.ragged import RaggedReader, RaggedWriter
 from pipeline.viz import QUERY_DPI, QUERY_FIGURE_INCHES
 from stages import query
 
-# Measured with 2 prototypes per class (small_params): car P 0.90, R 0.90 (see pipeline/query.py).
+# Measured with 2 prototypes per class (small_params): car P 0.90, R 0.90 (see pipeline/labelling/query.py).
 MIN_PRECISION = 0.8
 MIN_RECALL = 0.8
 

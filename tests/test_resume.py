@@ -16,14 +16,15 @@ import torch
 import yaml
 from chain_runner import REPO, inside, run_stage, small_params, write_params
 
-from pipeline.checkpoint import Checkpoints, TrainingState
-from pipeline.distillation import ScheduleConfig, build_optimizer
+from pipeline.training.checkpoint import Checkpoints, TrainingState
+from pipeline.training.config import DistillConfig
+from pipeline.training.schedule import build_optimizer
 
 # Run the distill stage, but die by SIGKILL (no cleanup, as `kill -9` or a lost node) right
 # after the checkpoint of the first epoch is written.
 KILLED_AFTER_EPOCH_1 = """
 import os, signal
-from pipeline.checkpoint import Checkpoints
+from pipeline.training.checkpoint import Checkpoints
 save = Checkpoints.save
 def save_then_die(self, state):
     save(self, state)
@@ -88,7 +89,7 @@ def test_checkpoint_restores_every_training_object_exactly(tmp_path):
     def build(seed: int):
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-        optimizer, scheduler = build_optimizer(model, ScheduleConfig(epochs=4, cooldown_start_epoch=3), 2)
+        optimizer, scheduler = build_optimizer(model, DistillConfig(epochs=4, cooldown_epochs=1), 2)
         return model, optimizer, scheduler
 
     def train(model, optimizer, scheduler, steps: int) -> None:

@@ -18,7 +18,7 @@ import pytest
 from chain_runner import REPO, tree_hash
 
 from pipeline.distributed import ShardedOutput, World, launched, shard, world_from_env
-from pipeline.store import RaggedReader, RaggedWriter, scans_per_block
+from pipeline.store.ragged import RaggedReader, RaggedWriter, scans_per_block
 
 COLUMNS = {"value": ("int32", ()), "feature": ("float16", (3,))}
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from chain_runner import REPO, inside, run_stage, small_params, write_params
+from conftest import TINY_SPARSE_UNET as TINY
+from conftest import NUSCENES_INTENSITY, street
 
 from pipeline.config import load_params
-from pipeline.store import RaggedReader
-from pipeline.students.point_inputs import (
-    NUSCENES_INTENSITY,
+from pipeline.store.ragged import RaggedReader
+from pipeline.students.inputs import (
     Augmentation,
     crop_to_fov,
     input_features,
@@ -27,25 +28,6 @@ from pipeline.students.sparse_unet import (
     prepare_voxels,
     voxel_coordinates,
 )
-
-TINY = SparseUNetConfig(
-    stem_channels=8,
-    stem_kernel=3,
-    encoder_channels=(8, 16, 16, 24),
-    decoder_channels=(16, 16, 8, 8),
-    blocks_per_stage=1,
-    voxel_size=0.2,
-    fov=((-8.0, -8.0, -2.0), (8.0, 8.0, 2.0)),
-    out_channels=12,
-)
-
-
-def street(num_points: int, seed: int = 0) -> np.ndarray:
-    """(num_points, 4) x, y, z, intensity: a ground plane with boxes, some points outside TINY's FOV."""
-    rng = np.random.default_rng(seed)
-    xyz = rng.uniform([-9, -9, -1.5], [9, 9, 1.5], size=(num_points, 3))
-    xyz[: num_points // 2, 2] = -1.5 + rng.normal(0, 0.02, num_points // 2)  # dense ground
-    return np.hstack([xyz, rng.uniform(0, 100, size=(num_points, 1))]).astype(np.float32)
 
 
 def tiny_model(seed: int = 0) -> SparseUNet:
@@ -203,11 +185,10 @@ def test_two_optimisation_steps_reduce_a_cosine_loss() -> None:
 def test_waffleiron_users_never_import_spconv() -> None:
     code = (
         "import sys\n"
-        "import stages.distill, stages.point_features, stages.convert_checkpoint, pipeline.training\n"
-        "from pipeline.students import build_student\n"
+        "import stages.distill, stages.point_features, stages.convert_checkpoint, pipeline.training.loop\n"
         "from pipeline.students.sparse_unet import SparseUNetConfig\n"
         "from pipeline.config import load_params\n"
-        "build_student(load_params('params.yaml').student.waffleiron)\n"
+        "load_params('params.yaml').student.waffleiron.build()\n"
         "SparseUNetConfig()\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('spconv', 'cumm'))\n"
         "assert not loaded, loaded\n"

@@ -18,7 +18,8 @@ from chain_runner import (
 )
 
 from pipeline.config import ConfigError, load_params
-from pipeline.store import RaggedReader, load_safetensors
+from pipeline.store.ragged import RaggedReader
+from pipeline.store.safetensors import load_safetensors
 
 
 def test_every_stage_writes_its_artifact(chain):
@@ -96,15 +97,15 @@ def test_class_with_no_prototype_images_stops_before_writing(tmp_path):
 def test_teacher_weights_of_another_architecture_are_refused(chain, tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.teacher import (
-        ArchitectureOverrides,
-        Teacher,
+    from pipeline.teachers import (
+        ArchitectureOverridesConfig,
         TeacherConfig,
         TeacherError,
+        TimmViTTeacher,
     )
 
-    other = Teacher(TeacherConfig(input_size=(28, 28), template_size=(28, 28),
-                                  overrides=ArchitectureOverrides(depth=1, embed_dim=64, num_heads=2)))
+    other = TimmViTTeacher(TeacherConfig(input_size=(28, 28), template_size=(28, 28),
+                                  overrides=ArchitectureOverridesConfig(depth=1, embed_dim=64, num_heads=2)))
     wrong = tmp_path / "wrong.safetensors"
     save_file({k: v.contiguous() for k, v in other.model.state_dict().items()}, wrong)
     params = small_params()
@@ -162,7 +163,7 @@ def test_wrong_camera_transform_drops_the_2d_baseline(chain, tmp_path, monkeypat
 
 
 def test_shuffled_teacher_features_drop_the_2d_baseline(chain, tmp_path):
-    from pipeline.store import RaggedWriter
+    from pipeline.store.ragged import RaggedWriter
 
     folder = copy_chain(chain, tmp_path / "shuffled")
     rng = np.random.default_rng(0)

@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.store import (
+from pipeline.store.atomic import atomic_output, save_json
+from pipeline.store.ragged import (
     Chunking,
     ColumnSpec,
     RaggedPartWriter,
     RaggedReader,
     RaggedWriter,
-    atomic_output,
     finish_ragged,
-    load_safetensors,
-    read_safetensors_metadata,
-    save_json,
-    save_safetensors,
 )
+from pipeline.store.safetensors import load_safetensors, read_safetensors_metadata, save_safetensors
 
 COLUMNS = {
     "point_index": ("int32", ()),

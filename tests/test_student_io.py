@@ -1,5 +1,6 @@
-"""The student interface and artifact: build / prepare / run for both architectures, the student
-folder, released ScaLR checkpoints (full size, the point_features param, the conversion command)."""
+"""The student folder (config.json of every architecture, errors that name the file), the
+`student:` params section, and released ScaLR checkpoints (full size, the point_features param,
+the conversion command). Build / prepare / run / save / load of every architecture: test_students."""
 
 from __future__ import annotations
 
@@ -11,78 +12,31 @@ import numpy as np
 import pytest
 import torch
 from chain_runner import inside, run_stage, small_params, write_params
-from test_sparse_unet import TINY as TINY_UNET
-from test_sparse_unet import street
-from test_waffleiron import TINY as TINY_WAFFLEIRON
-from test_waffleiron import save_scalr_layout
+from conftest import TINY_SPARSE_UNET, TINY_WAFFLEIRON, predict, randomise_batchnorms, save_scalr_layout, street
 
 from pipeline.config import ConfigError, load_params
 from pipeline.datasets import open_reader
-from pipeline.store import RaggedReader
-from pipeline.student_io import (
+from pipeline.store.ragged import RaggedReader
+from pipeline.students import StudentConfig
+from pipeline.students.io import (
     load_scalr_student,
     load_student,
     read_student_config,
-    save_student,
 )
-from pipeline.students import (
-    StudentParams,
-    build_student,
-    prepare_input,
-    run_student,
-    student_arch,
-)
-from pipeline.students.point_inputs import NUSCENES_INTENSITY, Augmentation
-from pipeline.students.sparse_unet import SparseUNet
 from pipeline.students.waffleiron import CheckpointError, WaffleIron, WaffleIronConfig
 
-CPU = torch.device("cpu")
-CONFIGS = {"waffleiron": TINY_WAFFLEIRON, "sparse_unet": TINY_UNET}
 # A small WaffleIron for the demo world: its field of view and the teacher width of the small chain.
 DEMO_WAFFLEIRON = WaffleIronConfig(width=16, depth=2, grids=((32, 32), (32, 4), (32, 4)),
                                    fov=((-48.0, -48.0, -4.0), (48.0, 48.0, 4.0)), head_hidden=32, out_channels=192,
                                    drop_path=0.0)
 
 
-def randomise_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():  # non-trivial statistics, so a lost buffer shows
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return model
+# --------------------------------------------------------------------------- the params section
 
 
-def predict(model, config, points: np.ndarray) -> torch.Tensor:
-    """Features of every original point, as the point_features stage computes them."""
-    scan = prepare_input(config, points, NUSCENES_INTENSITY)
-    with torch.inference_mode():
-        return run_student(model.eval(), [scan], CPU)[0][torch.from_numpy(scan.back_projection)]
-
-
-# --------------------------------------------------------------------------- the interface
-
-
-@pytest.mark.parametrize("arch", CONFIGS)
-def test_interface_builds_prepares_and_runs_both_architectures(arch) -> None:
-    config = CONFIGS[arch]
-    model = build_student(config)
-    assert isinstance(model, {"waffleiron": WaffleIron, "sparse_unet": SparseUNet}[arch])
-    assert student_arch(config) == arch
-
-    points = [street(1500, seed) for seed in (0, 1)]
-    scans = [prepare_input(config, p, NUSCENES_INTENSITY, augmentation=Augmentation(max_points=400),
-                           rng=np.random.default_rng(0)) for p in points]
-    outputs = run_student(model.train(), scans, CPU)
-    for scan, output, p in zip(scans, outputs, points):
-        assert scan.num_points <= 400 and output.shape == (scan.num_points, config.out_channels)
-        assert scan.back_projection.shape == (len(p),) and scan.back_projection.max() < scan.num_points
-    torch.cat(outputs).sum().backward()  # gradients flow through the interface
-    assert predict(model, config, points[0]).shape == (1500, config.out_channels)
-
-
-def test_student_params_pick_the_chosen_architecture() -> None:
-    params = StudentParams(arch="sparse_unet", waffleiron=TINY_WAFFLEIRON, sparse_unet=TINY_UNET)
-    assert params.config is TINY_UNET and params.out_channels == TINY_UNET.out_channels
+def test_student_config_picks_the_chosen_architecture() -> None:
+    params = StudentConfig(arch="sparse_unet", waffleiron=TINY_WAFFLEIRON, sparse_unet=TINY_SPARSE_UNET)
+    assert params.config is TINY_SPARSE_UNET and params.out_channels == TINY_SPARSE_UNET.out_channels
     assert dataclasses.replace(params, arch="waffleiron").config is TINY_WAFFLEIRON
 
 
@@ -98,19 +52,6 @@ def test_params_file_has_both_sections_and_names_bad_keys(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- the student folder
-
-
-@pytest.mark.parametrize("arch", CONFIGS)
-def test_student_folder_round_trip(arch, tmp_path) -> None:
-    torch.manual_seed(0)
-    model = randomise_batchnorms(build_student(CONFIGS[arch]))
-    save_student(tmp_path, model, {"teacher": "tiny"})
-
-    assert json.loads((tmp_path / "config.json").read_text())["arch"] == arch
-    loaded, metadata = load_student(tmp_path)
-    assert type(loaded) is type(model) and loaded.config == model.config and metadata["teacher"] == "tiny"
-    points = street(2000, seed=4)
-    torch.testing.assert_close(predict(loaded, loaded.config, points), predict(model, model.config, points))
 
 
 def test_config_json_of_a_bare_waffleiron_config_still_loads(tmp_path) -> None:
@@ -161,7 +102,7 @@ def test_full_size_scalr_checkpoint_loads_strictly_and_computes_what_its_model_c
     for model in (source, loaded):
         twin = WaffleIron(small)
         twin.load_state_dict(model.state_dict(), strict=True)
-        outputs.append(predict(twin, small, points))
+        outputs.append(predict(twin, points))
     assert outputs[0].shape == (400, 1024)
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
 
@@ -182,7 +123,7 @@ def test_convert_checkpoint_command_writes_a_student_folder(tmp_path) -> None:
     model, metadata = load_student(tmp_path / "student")
     assert model.config == DEMO_WAFFLEIRON and metadata["source"] == "ScaLR checkpoint ckpt_last.pth"
     points = street(2000, seed=2) * [5, 5, 1, 1]
-    torch.testing.assert_close(predict(model, model.config, points), predict(source, DEMO_WAFFLEIRON, points))
+    torch.testing.assert_close(predict(model, points), predict(source, points))
     with pytest.raises(CheckpointError, match="ckpt_last.pth: model_point does not match"):
         convert([str(checkpoint), str(tmp_path / "release"), "--release"])
     assert not (tmp_path / "release").exists()
@@ -205,7 +146,7 @@ def test_point_features_runs_a_scalr_checkpoint_without_distillation(chain, tmp_
         store = RaggedReader(folder / "cache/point_features/val")
         reader = open_reader(load_params(folder / "params.yaml").dataset, "val")
         scan_id = store.scan_ids[0]
-        expected = predict(source, DEMO_WAFFLEIRON, reader.read(scan_id).points).half().numpy()
+        expected = predict(source, reader.read(scan_id).points).half().numpy()
     assert store.attributes["student_teacher"] == "ScaLR checkpoint ckpt_last.pth"
     # The stage runs the folded inference build in fp32: the module's features up to float rounding.
     np.testing.assert_allclose(store.read(scan_id)["feature"].astype(np.float32), expected.astype(np.float32),

@@ -13,19 +13,18 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import pipeline  # noqa: F401  (torchvision shim before timm)
-from pipeline.teacher import (
-    ArchitectureOverrides,
-    Teacher,
+from pipeline.teachers import (
+    ArchitectureOverridesConfig,
     TeacherConfig,
     TeacherError,
-    load_image,
-    mean_normalized_pixel_feature,
-    pixel_features_at,
+    TimmViTTeacher,
     teacher_patch_size,
     teacher_shape,
 )
+from pipeline.teachers.images import load_image
+from pipeline.teachers.upsampling import mean_normalized_pixel_feature, pixel_features_at
 
-TINY = ArchitectureOverrides(depth=2, embed_dim=64, num_heads=2)
+TINY = ArchitectureOverridesConfig(depth=2, embed_dim=64, num_heads=2)
 CONFIG = TeacherConfig(
     model_name="vit_small_patch14_dinov2.lvd142m",
     input_size=(28, 56),
@@ -36,8 +35,8 @@ CONFIG = TeacherConfig(
 
 
 @pytest.fixture(scope="module")
-def teacher() -> Teacher:
-    return Teacher(CONFIG)
+def teacher() -> TimmViTTeacher:
+    return TimmViTTeacher(CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -62,29 +61,29 @@ def test_patch_features_shape(teacher):
 def test_shape_without_building_weights(teacher):
     assert teacher_shape(CONFIG) == (14, 64)
     assert teacher_patch_size(CONFIG) == teacher.patch_size
-    assert teacher_shape(dataclasses.replace(CONFIG, overrides=ArchitectureOverrides())) == (14, 384)
+    assert teacher_shape(dataclasses.replace(CONFIG, overrides=ArchitectureOverridesConfig())) == (14, 384)
 
 
 def test_same_seed_same_features_and_global_rng_untouched(teacher):
     state = torch.random.get_rng_state()
-    again = Teacher(CONFIG)
+    again = TimmViTTeacher(CONFIG)
     assert torch.equal(torch.random.get_rng_state(), state)
     images = _images(1, (28, 56))
     assert torch.equal(again.patch_features(images), teacher.patch_features(images))
-    other = Teacher(dataclasses.replace(CONFIG, seed=1))
+    other = TimmViTTeacher(dataclasses.replace(CONFIG, seed=1))
     assert not torch.allclose(other.patch_features(images), teacher.patch_features(images))
     assert "random-init seed 0" in teacher.teacher_id
     assert teacher.teacher_id != other.teacher_id
 
 
 def test_random_init_warns_loudly(caplog):
-    with caplog.at_level("WARNING", logger="pipeline.teacher"):
-        Teacher(CONFIG)
+    with caplog.at_level("WARNING", logger="pipeline.teachers.timm_vit"):
+        TimmViTTeacher(CONFIG)
     assert any("RANDOM" in record.getMessage() for record in caplog.records)
 
 
 def test_weights_file_round_trip(teacher, weights_file):
-    loaded = Teacher(dataclasses.replace(CONFIG, weights=str(weights_file)))
+    loaded = TimmViTTeacher(dataclasses.replace(CONFIG, weights=str(weights_file)))
     images = _images(2, (28, 56), seed=3)
     assert torch.equal(loaded.patch_features(images), teacher.patch_features(images))
     assert "sha256:" in loaded.teacher_id
@@ -92,7 +91,7 @@ def test_weights_file_round_trip(teacher, weights_file):
 
 def test_one_model_matches_a_model_built_at_each_size(weights_file):
     """dynamic_img_size gives what create_model(img_size=...) gives, size by size."""
-    teacher = Teacher(dataclasses.replace(CONFIG, weights=str(weights_file)))
+    teacher = TimmViTTeacher(dataclasses.replace(CONFIG, weights=str(weights_file)))
     for size in [(28, 56), (28, 28), (42, 28)]:
         static = timm.create_model(
             CONFIG.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights_file)),
@@ -110,9 +109,9 @@ def test_one_model_matches_a_model_built_at_each_size(weights_file):
 
 def test_weights_for_another_architecture_fail_clearly(weights_file):
     wrong = dataclasses.replace(CONFIG, weights=str(weights_file),
-                                overrides=ArchitectureOverrides(depth=2, embed_dim=32, num_heads=2))
+                                overrides=ArchitectureOverridesConfig(depth=2, embed_dim=32, num_heads=2))
     with pytest.raises(TeacherError) as info:
-        Teacher(wrong)
+        TimmViTTeacher(wrong)
     message = str(info.value)
     assert str(weights_file) in message
     assert "size mismatch" in message and "torch.Size([64" in message
@@ -120,7 +119,7 @@ def test_weights_for_another_architecture_fail_clearly(weights_file):
 
 def test_missing_weights_file(tmp_path):
     with pytest.raises(TeacherError, match="not found"):
-        Teacher(dataclasses.replace(CONFIG, weights=str(tmp_path / "nope.safetensors")))
+        TimmViTTeacher(dataclasses.replace(CONFIG, weights=str(tmp_path / "nope.safetensors")))
 
 
 def test_unreachable_hub_gives_one_clear_message(monkeypatch):
@@ -128,7 +127,7 @@ def test_unreachable_hub_gives_one_clear_message(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(TeacherError) as info:
-        Teacher(dataclasses.replace(CONFIG, from_hub=True))
+        TimmViTTeacher(dataclasses.replace(CONFIG, from_hub=True))
     message = str(info.value)
     assert CONFIG.model_name in message and "weights" in message
 
@@ -139,7 +138,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="not both"):
         TeacherConfig(weights="x.safetensors", from_hub=True)
     with pytest.raises(TeacherError, match="multiple of the patch size"):
-        Teacher(dataclasses.replace(CONFIG, input_size=(30, 56)))
+        TimmViTTeacher(dataclasses.replace(CONFIG, input_size=(30, 56)))
 
 
 def test_pixel_features_match_full_upsampling():

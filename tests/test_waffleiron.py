@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from conftest import TINY_WAFFLEIRON as TINY
+from conftest import NUSCENES_INTENSITY, random_points, save_scalr_layout
 
-from pipeline.students.point_inputs import NUSCENES_INTENSITY, collate, prepare_scan
-from pipeline.students.waffleiron import (
+from pipeline.students.waffleiron.checkpoint import (
     CheckpointError,
+    load_scalr_checkpoint,
+    strip_module_prefix,
+)
+from pipeline.students.waffleiron.inputs import collate, prepare_scan
+from pipeline.students.waffleiron.model import (
     WaffleIron,
     WaffleIronConfig,
     gather_from_grid,
-    load_scalr_checkpoint,
     scatter_mean,
-    strip_module_prefix,
 )
-
-TINY = WaffleIronConfig(
-    width=16,
-    depth=3,
-    grids=((8, 8), (8, 4), (8, 4)),
-    fov=((-4.0, -4.0, -1.0), (4.0, 4.0, 1.0)),
-    num_neighbors=4,
-    drop_path=0.0,
-    head_hidden=32,
-    out_channels=8,
-)
-
-
-def random_points(num_points: int, seed: int) -> np.ndarray:
-    """A scan of (num_points, 4) x, y, z, intensity spread over TINY's field of view."""
-    rng = np.random.default_rng(seed)
-    xyz = rng.uniform([-3.8, -3.8, -0.9], [3.8, 3.8, 0.9], size=(num_points, 3))
-    intensity = rng.uniform(0, 100, size=(num_points, 1))
-    return np.hstack([xyz, intensity]).astype(np.float32)
 
 
 def tiny_model(seed: int = 0, config: WaffleIronConfig = TINY) -> WaffleIron:
@@ -105,19 +89,6 @@ def reference_shapes(
 
 def shapes_of(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def save_scalr_layout(path, state_dict, **extra) -> None:
-    """Write a checkpoint the way ScaLR's DDP trainer does (`module.` keys, 5 entries)."""
-    payload = {
-        "epoch": 65,
-        "model_point": {f"module.{key}": value for key, value in state_dict.items()},
-        "optim": {"state": {}, "param_groups": [{"lr": 0.002, "weight_decay": 0.03, "params": [0, 1]}]},
-        "scheduler": {"last_epoch": 10, "_step_count": 11},
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0},
-    }
-    payload.update(extra)
-    torch.save(payload, path)
 
 
 # --------------------------------------------------------------------------- architecture

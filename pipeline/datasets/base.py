@@ -23,6 +23,18 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
+class IntensityStats:
+    """Mean and standard deviation that standardise a dataset's lidar intensity (the students' first
+    input channel); each dataset format has its reference values (`pipeline.datasets.DATASET_FORMATS`)."""
+
+    mean: float
+    std: float
+
+    def standardise(self, intensity: np.ndarray) -> np.ndarray:
+        return (np.asarray(intensity, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
+
+
+@dataclass(frozen=True)
 class CameraView:
     """One calibrated image of a scan.
 

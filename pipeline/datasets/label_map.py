@@ -2,7 +2,8 @@
 
 The maps ship with the project as small YAML files next to this module
 (`nuscenes.yaml`: lidarseg 32 -> 16 classes; `semantic_kitti.yaml`: the 19-class learning
-map). Evaluation labels are 0..K-1 in the order of `classes`; ignored ids map to 255.
+map); `DATASET_FORMATS` (in `pipeline.datasets`) names each format's file. Evaluation labels
+are 0..K-1 in the order of `classes`; ignored ids map to 255.
 """
 
 from __future__ import annotations
@@ -49,10 +50,3 @@ class LabelMap:
             lookup[raw_id] = index[name]
         return cls(classes=classes, lookup=lookup, source=Path(path))
 
-
-def nuscenes_label_map() -> LabelMap:
-    return LabelMap.from_yaml(LABEL_MAP_DIR / "nuscenes.yaml")
-
-
-def semantic_kitti_label_map() -> LabelMap:
-    return LabelMap.from_yaml(LABEL_MAP_DIR / "semantic_kitti.yaml")

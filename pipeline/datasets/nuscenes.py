@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from pyquaternion import Quaternion
 
+from pipeline.datasets import DATASET_FORMATS
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
@@ -25,7 +26,7 @@ from pipeline.datasets.base import (
     read_float32_records,
     split_from_file,
 )
-from pipeline.datasets.label_map import LabelMap, nuscenes_label_map
+from pipeline.datasets.label_map import LabelMap
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class NuScenesReader(ScanReader):
         self.split = split
         self.cameras = cameras
         self.ego_motion_compensation = ego_motion_compensation
-        self.label_map = label_map or nuscenes_label_map()
+        self.label_map = label_map or DATASET_FORMATS["nuscenes"].label_map()
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: nuScenes dataset root does not exist")
         if not (self.root / version).is_dir():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.datasets import DATASET_FORMATS
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
@@ -25,7 +26,7 @@ from pipeline.datasets.base import (
     read_float32_records,
     split_from_file,
 )
-from pipeline.datasets.label_map import LabelMap, semantic_kitti_label_map
+from pipeline.datasets.label_map import LabelMap
 
 OFFICIAL_SPLITS = {
     "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
@@ -75,7 +76,7 @@ class SemanticKittiReader(ScanReader):
     def __init__(self, root: Path | str, split: str, label_map: LabelMap | None = None) -> None:
         self.root = Path(root)
         self.split = split
-        self.label_map = label_map or semantic_kitti_label_map()
+        self.label_map = label_map or DATASET_FORMATS["semantic_kitti"].label_map()
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: SemanticKITTI dataset root does not exist")
         sequences_dir = self.root / "sequences"

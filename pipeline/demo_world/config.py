@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,15 @@ PRESETS: dict[str, DemoWorldConfig] = {
         kitti_height=94,
     ),
 }
+
+
+@dataclass(frozen=True)
+class DemoWorldPresetConfig:
+    """The `demo_world:` params section: which preset of the world to write, and its seed."""
+
+    size: Literal["default", "small"] = "default"
+    seed: int = 0
+
+    def world(self) -> DemoWorldConfig:
+        """The full description of the world this section selects."""
+        return DemoWorldConfig.preset(self.size, self.seed)

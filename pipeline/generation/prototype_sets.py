@@ -7,12 +7,13 @@ query's cached prototypes are exactly what the stage would make for that name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from PIL import Image
 
-from pipeline.config import PrototypeParams
+from pipeline.generation.diffusers_backend import DiffusersConfig
 from pipeline.generation.blank import generate_class_images
 from pipeline.generation.image_folder import load_class_images
 from pipeline.generation.manifest import (
@@ -25,7 +26,30 @@ from pipeline.generation.manifest import (
 )
 
 
-def make_prototype_images(cfg: PrototypeParams, name: str, prompts: Sequence[str]) -> tuple[list, str]:
+@dataclass(frozen=True)
+class PrototypesConfig:
+    """The `prototypes:` params section: where the prototype images come from.
+
+    source: "procedural" renders demo-world exemplars (the demo default; it knows only the
+    demo classes); "diffusers" draws them with a text-to-image model (see `diffusers`);
+    "folder" reads ready-made images in the IGLOSS authors' layout `<index>_<class>/*.png`.
+    """
+
+    source: Literal["procedural", "diffusers", "folder"] = "procedural"
+    images_per_class: int = 8
+    seed: int = 0
+    image_size: int = 224
+    folder: str | None = None
+    diffusers: DiffusersConfig = field(default_factory=DiffusersConfig)
+
+    def __post_init__(self) -> None:
+        if self.images_per_class < 1:
+            raise ValueError("images_per_class must be >= 1")
+        if self.source == "folder" and not self.folder:
+            raise ValueError("source 'folder' needs prototypes.folder")
+
+
+def make_prototype_images(cfg: PrototypesConfig, name: str, prompts: Sequence[str]) -> tuple[list, str]:
     """(list of (image, ManifestImage fields), source) of `name` from the configured source.
 
     Any name and prompts, not only the vocabulary's: the procedural source refuses names it

@@ -1,61 +1,124 @@
-"""3D point networks distilled from the 2D teacher (the "students"), behind one small interface.
+"""3D point networks distilled from the 2D teacher (the "students"), behind one small contract.
 
-Two architectures, chosen by `StudentParams.arch` (the `student:` section of params.yaml):
+The architectures, one module (or package) each, listed in `ARCHITECTURES`:
 
 - `waffleiron`: WaffleIron as ScaLR+ builds it (loads released ScaLR / ScaLR+ checkpoints);
-  `point_inputs` turns a raw scan into its inputs (voxels, kNN, grid cells).
 - `sparse_unet`: a MinkUNet-style sparse conv UNet (spconv, imported only when built).
 
-Code that trains or runs a student never asks which one it has. It needs three things:
+`StudentConfig` is the `student:` params section: `arch` names the architecture, and one
+sub-section per architecture holds its config. Code that trains or runs a student never asks
+which one it has; every architecture keeps the contract below (`ArchitectureConfig`,
+`Student`):
 
-    model = build_student(params.student.config)
-    scan = prepare_input(model.config, points, stats, augmentation=..., rng=...)
-    outputs = run_student(model, [scan, ...], device)     # one (n_kept, D) tensor per scan
+    config = params.student.config                         # the chosen architecture's config
+    model = config.build()
+    scan = config.prepare(points, stats, augmentation=..., rng=...)
+    outputs = model.run_batch([scan, ...], device)         # one (n_kept, D) tensor per scan
+    fast = model.for_inference(precision)                  # runs batches too, for prediction
 
 Every prepared scan knows `point_index` (the original points the network sees, in output
 order: use it to pick targets) and `back_projection` (for every original point, the row of
 the output it takes: `outputs[0][scan.back_projection]` covers the whole scan).
+
+Beside them: `inputs` (the pre-processing steps the students share), `io` (the student folder:
+weights + config.json) and `features` (the student's feature of every point of a split).
+
+A new architecture is its module, one entry in `ARCHITECTURES`, one field of `StudentConfig`
+named as its `arch`, and its sub-section in params.yaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
-from pipeline.students.point_inputs import (
-    Augmentation,
-    IntensityStats,
-    PreparedScan,
-    collate,
-    prepare_scan,
-)
-from pipeline.students.sparse_unet import (
-    SparseUNet,
-    SparseUNetConfig,
-    VoxelScan,
-    collate_voxels,
-    prepare_voxels,
-)
-from pipeline.students.inference import InferenceWaffleIron
-from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig
+from pipeline.datasets.base import IntensityStats
+from pipeline.students.inputs import Augmentation
+from pipeline.students.sparse_unet import SparseUNetConfig
+from pipeline.students.waffleiron import WaffleIronConfig
 
-StudentArch = Literal["waffleiron", "sparse_unet"]
-StudentConfig = WaffleIronConfig | SparseUNetConfig
-Student = WaffleIron | SparseUNet
-InferenceStudent = Student | InferenceWaffleIron  # what `run_student` runs
-PreparedInput = PreparedScan | VoxelScan
+
+class PreparedInput(Protocol):
+    """One scan prepared for a student; besides what its network reads, callers use these."""
+
+    point_index: np.ndarray  # int64 (n_kept,): the original index of each point, in output order
+    back_projection: np.ndarray  # int64 (M,): for every original point, the output row it takes
+
+    @property
+    def num_points(self) -> int: ...
+
+
+class InferenceStudent(Protocol):
+    """What runs prepared scans: a student, or its inference build (`Student.for_inference`)."""
+
+    config: ArchitectureConfig
+
+    def run_batch(self, scans: Sequence[PreparedInput], device: torch.device) -> list[torch.Tensor]:
+        """The scans as one batch: one (n_kept, out_channels) tensor per scan. Gradients flow
+        when grad mode is on; wrap in `torch.inference_mode()` to predict."""
+        ...
+
+
+class Student(InferenceStudent, Protocol):
+    """A student model: an `nn.Module` (trained, saved and loaded through its state_dict)."""
+
+    def for_inference(self, precision: Literal["auto", "fp32", "bf16"]) -> InferenceStudent:
+        """The fastest equivalent for prediction (a new model, or this one where there is none)."""
+        ...
+
+
+class ArchitectureConfig(Protocol):
+    """The settings of one architecture: a frozen dataclass, its `student.<arch>` params
+    sub-section and the `config` of a student's config.json."""
+
+    arch: ClassVar[str]  # its key in ARCHITECTURES, params.yaml and config.json
+    out_channels: int
+
+    def build(self) -> Student:
+        """A freshly initialised model of this config."""
+        ...
+
+    def prepare(
+        self,
+        points: np.ndarray,
+        intensity_stats: IntensityStats,
+        augmentation: Augmentation | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> PreparedInput:
+        """One raw scan (M, >=4: x, y, z, intensity) -> this model's inputs.
+
+        Without `augmentation`: the deterministic inference pre-processing. With it (and an
+        explicit `rng`): the training augmentations (random voxel representative, rotation,
+        flips, scaling, subsample to `augmentation.max_points`).
+        """
+        ...
+
+    def to_dict(self) -> dict: ...
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> ArchitectureConfig: ...
+
+
+ARCHITECTURES: dict[str, type[ArchitectureConfig]] = {
+    WaffleIronConfig.arch: WaffleIronConfig,
+    SparseUNetConfig.arch: SparseUNetConfig,
+}
+
+# The names of the table, as the Literal that params validation checks `student.arch` against.
+StudentArch = Literal[tuple(ARCHITECTURES)]
 
 
 @dataclass(frozen=True)
-class StudentParams:
+class StudentConfig:
     """The `student:` params section: which architecture, and the settings of each.
 
-    Only the sub-config named by `arch` is used; the other is kept so switching back and
-    forth is one word. Defaults: the ScaLR+ release (WaffleIron 768 x 48) and MinkUNet18A.
+    One field per entry of `ARCHITECTURES`, named as its arch. Only the sub-config named by
+    `arch` is used; the others are kept so switching back and forth is one word. Defaults:
+    the ScaLR+ release (WaffleIron 768 x 48) and MinkUNet18A.
     """
 
     arch: StudentArch = "waffleiron"
@@ -63,9 +126,9 @@ class StudentParams:
     sparse_unet: SparseUNetConfig = field(default_factory=SparseUNetConfig)
 
     @property
-    def config(self) -> StudentConfig:
+    def config(self) -> ArchitectureConfig:
         """The settings of the chosen architecture."""
-        return self.waffleiron if self.arch == "waffleiron" else self.sparse_unet
+        return getattr(self, self.arch)
 
     @property
     def out_channels(self) -> int:
@@ -73,70 +136,12 @@ class StudentParams:
         return self.config.out_channels
 
 
-def student_arch(config: StudentConfig) -> StudentArch:
-    """The architecture a config describes (recorded in the student's config.json)."""
-    if isinstance(config, WaffleIronConfig):
-        return "waffleiron"
-    if isinstance(config, SparseUNetConfig):
-        return "sparse_unet"
-    raise TypeError(f"not a student config: {type(config).__name__}")
-
-
-def build_student(config: StudentConfig) -> Student:
-    """A freshly initialised student of the architecture `config` describes."""
-    if isinstance(config, WaffleIronConfig):
-        return WaffleIron(config)
-    if isinstance(config, SparseUNetConfig):
-        return SparseUNet(config)
-    raise TypeError(f"not a student config: {type(config).__name__}")
-
-
-def prepare_input(
-    config: StudentConfig,
-    points: np.ndarray,
-    intensity_stats: IntensityStats,
-    *,
-    augmentation: Augmentation | None = None,
-    rng: np.random.Generator | None = None,
-) -> PreparedInput:
-    """One raw scan (M, >=4: x, y, z, intensity) -> the inputs of the student `config` describes.
-
-    Without `augmentation`: the deterministic inference pre-processing. With it (and an
-    explicit `rng`): the training augmentations (random voxel representative, rotation,
-    flips, scaling, subsample to `augmentation.max_points`).
-    """
-    if isinstance(config, WaffleIronConfig):
-        return prepare_scan(points, config, intensity_stats, augmentation=augmentation, rng=rng)
-    if isinstance(config, SparseUNetConfig):
-        return prepare_voxels(points, config, intensity_stats, augmentation=augmentation, rng=rng)
-    raise TypeError(f"not a student config: {type(config).__name__}")
-
-
-def run_student(model: InferenceStudent, scans: Sequence[PreparedInput], device: torch.device) -> list[torch.Tensor]:
-    """Run the student on prepared scans as one batch: one (n_kept, out_channels) tensor per scan.
-
-    Gradients flow when grad mode is on; wrap in `torch.inference_mode()` to predict. A
-    WaffleIron may come as its folded inference build (`students.inference`), which takes the
-    same inputs.
-    """
-    if isinstance(model, WaffleIron | InferenceWaffleIron):
-        batch = collate(scans).to(device)
-        return batch.unpad(model(batch.features, batch.neighbors, batch.cell_indices, batch.occupancy))
-    if isinstance(model, SparseUNet):
-        batch = collate_voxels(scans).to(device)
-        return batch.split(model(batch.features, batch.coordinates, len(scans)))
-    raise TypeError(f"not a student: {type(model).__name__}")
-
-
 __all__ = [
+    "ARCHITECTURES",
+    "ArchitectureConfig",
     "InferenceStudent",
     "PreparedInput",
     "Student",
     "StudentArch",
     "StudentConfig",
-    "StudentParams",
-    "build_student",
-    "prepare_input",
-    "run_student",
-    "student_arch",
 ]

@@ -4,7 +4,7 @@ SAS, XMask3D and OpenScene distil into MinkowskiNet backbones (OpenScene: MinkUN
 is the same network written with spconv, for users who prefer a voxel backbone to WaffleIron:
 
 - the scan is voxelised (`voxel_size`, 5 or 10 cm); each occupied voxel keeps one point, whose
-  5 input channels are those of WaffleIron (`point_inputs.input_features`: standardised
+  5 input channels are those of WaffleIron (`inputs.input_features`: standardised
   intensity, x, y, z, radius), so the position inside the voxel is not lost;
 - a stem: a BatchNorm of the 5 inputs (as WaffleIron's embedding: metres and standardised
   intensity differ in scale, and without it the coordinates drown the intensity at first),
@@ -21,6 +21,10 @@ Submanifold convs keep the set of active voxels, so every voxel of the input get
 in input order. Each original point then takes the output of its own voxel
 (`VoxelScan.back_projection`).
 
+As a student (`pipeline.students`): `SparseUNetConfig.build()` makes the model,
+`SparseUNetConfig.prepare(...)` a scan's voxels (`prepare_voxels`), `SparseUNet.run_batch` runs
+prepared scans; the model predicts as it is (`for_inference` returns it unchanged).
+
 spconv is imported on first use (`SparseUNet(...)` or `forward`), never at import time: the
 package is large (375 MB, seconds to import) and WaffleIron users never need it. spconv's fast
 implicit-GEMM algorithms need CUDA; on CPU tensors every conv switches to its Native algorithm
@@ -33,6 +37,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,10 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config_loading import build
-
-from pipeline.students.point_inputs import (
+from pipeline.datasets.base import IntensityStats
+from pipeline.students.inputs import (
     Augmentation,
-    IntensityStats,
     back_projection,
     crop_to_fov,
     input_features,
@@ -51,7 +55,7 @@ from pipeline.students.point_inputs import (
     random_transform,
 )
 
-INPUT_CHANNELS = 5  # point_inputs.input_features: intensity, x, y, z, radius
+INPUT_CHANNELS = 5  # inputs.input_features: intensity, x, y, z, radius
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class SparseUNetConfig:
         (64.0, 64.0, 8.0),
     )
     out_channels: int = 1024
+
+    arch: ClassVar[str] = "sparse_unet"  # its name in params.yaml and config.json
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON / YAML) but store tuples so the config stays hashable.
@@ -118,6 +124,20 @@ class SparseUNetConfig:
     def from_dict(cls, values: Mapping) -> SparseUNetConfig:
         """The config of a plain dict (e.g. a student's config.json), every key and type checked."""
         return build(cls, dict(values), "SparseUNetConfig:")
+
+    def build(self) -> SparseUNet:
+        """A freshly initialised sparse UNet of this config (imports spconv)."""
+        return SparseUNet(self)
+
+    def prepare(
+        self,
+        points: np.ndarray,
+        intensity_stats: IntensityStats,
+        augmentation: Augmentation | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> VoxelScan:
+        """One raw scan -> the sparse UNet's voxels (`prepare_voxels`)."""
+        return prepare_voxels(points, self, intensity_stats, augmentation=augmentation, rng=rng)
 
 
 # --------------------------------------------------------------------------- point pre-processing
@@ -361,6 +381,15 @@ class SparseUNet(nn.Module):
             x = norm_relu(up(x), norm)
             x = blocks(x.replace_feature(torch.cat((x.features, skip.features), dim=1)))
         return self.head(x.features)
+
+    def run_batch(self, scans: Sequence[VoxelScan], device: torch.device) -> list[torch.Tensor]:
+        """Prepared scans as one sparse batch: one (n_kept, out_channels) tensor per scan."""
+        batch = collate_voxels(scans).to(device)
+        return batch.split(self(batch.features, batch.coordinates, len(scans)))
+
+    def for_inference(self, precision: str) -> SparseUNet:
+        """The model itself: it has no faster inference build (`precision` is for WaffleIron)."""
+        return self
 
 
 __all__ = [

@@ -1,16 +1,9 @@
-"""Artifact I/O in safe formats only (no pickle): atomic outputs, safetensors, ragged zarr.
+"""Ragged stores: many scans' variable-length arrays in one zarr v3 group (zarr has no ragged dtype).
 
-Three tools, used by every stage:
-
-* `atomic_output(path)`: write an artifact to a temporary sibling and rename it into
-  place only on success, so an interrupted stage never leaves a half artifact that DVC
-  could cache.
-* `save_safetensors` / `load_safetensors`: tensors plus a str -> str metadata dict, with
-  byte-identical files for identical inputs (the safetensors library writes metadata
-  in random order; we rewrite the header in sorted order).
-* `RaggedWriter` / `RaggedReader`: many scans' variable-length arrays in one zarr v3
-  group (zarr has no ragged dtype). `RaggedPartWriter` + `finish_ragged` write one store
-  from several processes (`pipeline.distributed.ShardedOutput` drives them).
+`RaggedWriter` writes a store in one process, atomically (`pipeline.store.atomic`);
+`RaggedPartWriter` + `finish_ragged` write one store from several processes
+(`pipeline.distributed.ShardedOutput` drives them); `RaggedReader` reads one scan or a run
+of scans at a time.
 
 Ragged layout (format "igloss-ragged", version 2)::
 
@@ -44,180 +37,22 @@ shards only, so the bytes depend on the data alone, never on how it was appended
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import zarr
-from safetensors import safe_open
-from safetensors.numpy import save as _save_numpy
-from safetensors.torch import save as _save_torch
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
+
+from pipeline.store.atomic import AtomicPath, remove_path
 
 RAGGED_FORMAT = "igloss-ragged"
 RAGGED_VERSION = 2
 DEFAULT_SCANS_PER_BLOCK = 256
 MAX_BLOCKS = 64  # blocks of a store whose scans are known up front
-
-
-# --------------------------------------------------------------------------- atomic
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-def _sibling(target: Path, kind: str, token: str | None = None) -> Path:
-    return target.with_name(f".{target.name}.{kind}-{token or f'{os.getpid()}-{secrets.token_hex(4)}'}")
-
-
-class AtomicPath:
-    """A temporary sibling of `target` that becomes `target` on `commit()`.
-
-    The caller creates `tmp` (a file or a directory). `commit()` moves it into place,
-    replacing an existing target; `abort()` deletes it. A directory target is replaced
-    by two renames (old aside, new in), so it is briefly absent but never half-written.
-    A process killed with SIGKILL leaves its `.<name>.tmp-<pid>-<hex>` sibling behind;
-    it is never mistaken for the artifact and can be deleted.
-
-    `token` replaces `<pid>-<hex>` in the temporary's name: processes that share a token
-    (drawn once, by one of them) share the temporary, which one of them commits.
-    """
-
-    def __init__(self, target: str | Path, token: str | None = None) -> None:
-        self.target = Path(target)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _sibling(self.target, "tmp", token)
-
-    def commit(self) -> Path:
-        if not (self.tmp.exists() or self.tmp.is_symlink()):
-            raise FileNotFoundError(f"nothing was written to {self.tmp}; {self.target} left as it was")
-        if self.target.is_dir() and not self.target.is_symlink():
-            old = _sibling(self.target, "old")
-            os.rename(self.target, old)
-            os.rename(self.tmp, self.target)
-            shutil.rmtree(old)
-        else:
-            if self.tmp.is_dir() and (self.target.exists() or self.target.is_symlink()):
-                self.target.unlink()  # a file or link cannot be replaced by a directory
-            os.replace(self.tmp, self.target)
-        return self.target
-
-    def abort(self) -> None:
-        _remove(self.tmp)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write `path` through; rename into place on success.
-
-    >>> with atomic_output("cache/x.safetensors") as tmp:    # doctest: +SKIP
-    ...     write_something(tmp)                              # file or directory
-
-    On an exception the temporary is removed and `path` is left untouched.
-    """
-    atomic = AtomicPath(path)
-    try:
-        yield atomic.tmp
-    except BaseException:
-        atomic.abort()
-        raise
-    atomic.commit()
-
-
-def save_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically: indented, keys in the given order, no NaN (use None)."""
-    text = json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def _metadata_strings(metadata: Mapping[str, Any] | None) -> dict[str, str]:
-    """str values as they are; anything else JSON-encoded (sorted keys, compact)."""
-    out = {}
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str):
-            raise TypeError(f"safetensors metadata keys must be str, got {key!r}")
-        out[key] = value if isinstance(value, str) else json.dumps(
-            value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return out
-
-
-def safetensors_bytes(
-    tensors: Mapping[str, np.ndarray | torch.Tensor], metadata: Mapping[str, Any] | None = None
-) -> bytes:
-    """Serialise to safetensors with a deterministic header.
-
-    The library lays out the tensors deterministically but stores metadata in a hash map
-    (random order per call), so the metadata is added here, sorted, by rewriting the
-    header: 8-byte little-endian header length, JSON header padded with spaces to a
-    multiple of 8, then the tensor bytes unchanged (their offsets are relative to the
-    end of the header).
-    """
-    if any(isinstance(v, torch.Tensor) for v in tensors.values()):
-        as_torch = {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)))
-                    for k, v in tensors.items()}
-        raw = _save_torch({k: v.detach().cpu().contiguous() for k, v in as_torch.items()})
-    else:
-        raw = _save_numpy({k: np.ascontiguousarray(v) for k, v in tensors.items()})
-    length = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + length])
-    header.pop("__metadata__", None)
-    entries = sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0]))
-    ordered = {"__metadata__": dict(sorted(_metadata_strings(metadata).items()))}
-    ordered.update(entries)
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + length:]
-
-
-def save_safetensors(
-    path: str | Path,
-    tensors: Mapping[str, np.ndarray | torch.Tensor],
-    metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Write tensors (numpy arrays or torch tensors) and metadata atomically.
-
-    Metadata values that are not str are JSON-encoded; decode them with json.loads.
-    """
-    data = safetensors_bytes(tensors, metadata)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def load_safetensors(
-    path: str | Path, framework: str = "numpy"
-) -> tuple[dict[str, np.ndarray | torch.Tensor], dict[str, str]]:
-    """Read (tensors, metadata). framework: "numpy" or "torch" (CPU tensors)."""
-    if framework not in ("numpy", "torch"):
-        raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
-    with safe_open(str(path), framework="np" if framework == "numpy" else "pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = dict(handle.metadata() or {})
-    return tensors, metadata
-
-
-def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """Only the metadata dict of a safetensors file (reads the header, not the tensors)."""
-    with safe_open(str(path), framework="np") as handle:
-        return dict(handle.metadata() or {})
-
-
-# --------------------------------------------------------------------------- ragged zarr
 
 
 @dataclass(frozen=True)
@@ -414,7 +249,7 @@ class _BlockWriter:
         """Delete the blocks this writer started (on abort)."""
         self._group = None
         for block in self.blocks:
-            _remove(self.root / str(block))
+            remove_path(self.root / str(block))
 
 
 def _read_attributes(path: Path) -> dict:

@@ -1,9 +1,9 @@
 """The student artifact: `model.safetensors` (weights) + `config.json` (architecture).
 
 Weights are safetensors, never pickle. config.json names the architecture and holds its
-config, `{"arch": "waffleiron" | "sparse_unet", "config": {...}}`, so the student can be
-rebuilt without the params that trained it. A released ScaLR / ScaLR+ checkpoint becomes
-such a folder through `load_scalr_student` + `save_student` (`python -m stages.convert_checkpoint`).
+config, `{"arch": <a key of ARCHITECTURES>, "config": {...}}`, so the student can be rebuilt
+without the params that trained it. A released ScaLR / ScaLR+ checkpoint becomes such a
+folder through `load_scalr_student` + `save_student` (`python -m stages.convert_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from pipeline.store import load_safetensors, save_safetensors
-from pipeline.students import Student, StudentConfig, build_student, student_arch
-from pipeline.students.sparse_unet import SparseUNetConfig
+from pipeline.store.safetensors import load_safetensors, save_safetensors
+from pipeline.students import ARCHITECTURES, ArchitectureConfig, Student
 from pipeline.students.waffleiron import (
     WaffleIron,
     WaffleIronConfig,
@@ -31,26 +30,25 @@ def save_student(folder: Path, model: Student, metadata: dict[str, Any]) -> None
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     save_safetensors(folder / WEIGHTS_FILE, state, metadata)
-    description = {"arch": student_arch(model.config), "config": model.config.to_dict()}
+    description = {"arch": model.config.arch, "config": model.config.to_dict()}
     (folder / CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
-def read_student_config(path: Path) -> StudentConfig:
+def read_student_config(path: Path) -> ArchitectureConfig:
     """The architecture recorded in a student's config.json; errors name the file."""
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON: {error}") from None
     if "arch" not in data:  # written before students had several architectures: a bare WaffleIronConfig
-        data = {"arch": "waffleiron", "config": data}
+        data = {"arch": WaffleIronConfig.arch, "config": data}
+    if data["arch"] not in ARCHITECTURES:
+        expected = " or ".join(map(repr, ARCHITECTURES))
+        raise ValueError(f"{path}: unknown student arch {data['arch']!r}; expected {expected}")
     try:
-        if data["arch"] == "waffleiron":
-            return WaffleIronConfig.from_dict(data["config"])
-        if data["arch"] == "sparse_unet":
-            return SparseUNetConfig.from_dict(data["config"])
+        return ARCHITECTURES[data["arch"]].from_dict(data["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: not a valid {data['arch']} student config: {error}") from None
-    raise ValueError(f"{path}: unknown student arch {data['arch']!r}; expected 'waffleiron' or 'sparse_unet'")
 
 
 def load_student(folder: Path, device: torch.device | str = "cpu") -> tuple[Student, dict[str, str]]:
@@ -59,7 +57,7 @@ def load_student(folder: Path, device: torch.device | str = "cpu") -> tuple[Stud
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: student file is missing (run the distill stage)")
-    model = build_student(read_student_config(folder / CONFIG_FILE))
+    model = read_student_config(folder / CONFIG_FILE).build()
     state, metadata = load_safetensors(folder / WEIGHTS_FILE, framework="torch")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), metadata

@@ -1,10 +1,13 @@
 """The distillation loop: a student (WaffleIron or sparse UNet) learns to reproduce teacher features.
 
 The loop knows nothing of files: it gets a list of scan ids and a function that loads one
-`DistillSample` (points, and the teacher target of every assigned point). Each step draws
-`batch_size` scans, pre-processes them with the training augmentations (random voxel
-representative, rotation, flips, scaling, subsample), runs the student, and minimises the
-normalised L2 loss over every kept point that has a teacher target.
+`DistillSample` (points, and the teacher target of every assigned point;
+`pipeline.training.data`), and reads the `distill:` params section (`DistillConfig`) as it
+is. Each step draws `batch_size` scans (`pipeline.training.sampling`), pre-processes them with
+the training augmentations (random voxel representative, rotation, flips, scaling,
+subsample), runs the student, and minimises the normalised L2 loss
+(`pipeline.training.objective`) over every kept point that has a teacher target, with the
+schedule of `pipeline.training.schedule`.
 """
 
 from __future__ import annotations
@@ -18,73 +21,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.assignments import combine_taps
-from pipeline.checkpoint import Checkpoints, TrainingState
-from pipeline.ddp import all_reduce_max, all_reduce_sum, data_parallel
-from pipeline.distillation import ScheduleConfig, build_optimizer, normalized_l2_loss
 from pipeline.distributed import World
-from pipeline.precision import (
-    Precision,
-    autocast,
-    enable_gradient_checkpointing,
-    grad_scaler,
-)
-from pipeline.sampling import (
-    epoch_order,
-    global_batches,
-    rank_share,
-    scan_rng,
-    torch_seed,
-)
-from pipeline.students import Student, prepare_input, run_student
-from pipeline.students.point_inputs import Augmentation, IntensityStats
+from pipeline.precision import autocast, enable_gradient_checkpointing, grad_scaler
+from pipeline.seeding import epoch_scan_rng
+from pipeline.students import Student
+from pipeline.students.inputs import Augmentation
+from pipeline.training.checkpoint import Checkpoints, TrainingState
+from pipeline.training.config import DistillConfig
+from pipeline.training.data import DistillSample
+from pipeline.training.ddp import all_reduce_max, all_reduce_sum, data_parallel
+from pipeline.training.objective import normalized_l2_loss
+from pipeline.training.sampling import epoch_order, global_batches, rank_share, torch_seed
+from pipeline.training.schedule import build_optimizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistillSample:
-    """One training scan and its teacher targets, kept in their compact cached form.
-
-    points: float32 (N, 4) x, y, z, intensity.
-    intensity_stats: the standardisation of its dataset's intensity (each dataset of a merged
-        distillation set has its own).
-    target_row: int64 (N,) assignment row that teaches each point, -1 when none does.
-    patch_features: (U, D) teacher features of the patches the assignments read.
-    tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
-        weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
-        training step keeps, a few thousand of the scan's tens of thousands.
-    """
-
-    points: np.ndarray
-    intensity_stats: IntensityStats
-    target_row: np.ndarray
-    patch_features: torch.Tensor
-    tap: torch.Tensor
-    weight: torch.Tensor
-
-    def targets(self, rows: np.ndarray) -> torch.Tensor:
-        """(len(rows), D) float32 teacher features of the given assignment rows."""
-        index = torch.from_numpy(rows)
-        return combine_taps(self.patch_features, self.tap[index], self.weight[index])
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """How the student is trained.
-
-    batch_size: scans per optimiser step over all processes (the global batch: with W
-        processes each draws about batch_size / W of them, `pipeline.sampling`).
-    precision, gradient_checkpointing: memory and speed, not maths (`pipeline.precision`).
-    """
-
-    epochs: int
-    batch_size: int
-    schedule: ScheduleConfig
-    augmentation: Augmentation | None
-    seed: int
-    precision: Precision = "fp32"
-    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,10 +58,10 @@ def training_batch(
     rngs: one generator per sample, so a sample's augmentation does not depend on the
     others of its batch (or on which rank draws it).
     """
-    prepared = [prepare_input(model.config, s.points, s.intensity_stats, augmentation=augmentation, rng=rng)
+    prepared = [model.config.prepare(s.points, s.intensity_stats, augmentation=augmentation, rng=rng)
                 for s, rng in zip(samples, rngs, strict=True)]
     student, teacher = [], []
-    for sample, scan, output in zip(samples, prepared, run_student(model, prepared, device)):
+    for sample, scan, output in zip(samples, prepared, model.run_batch(prepared, device)):
         rows = sample.target_row[scan.point_index]
         taught = rows >= 0
         student.append(output[torch.from_numpy(taught).to(device)])
@@ -123,57 +73,58 @@ def distill_student(
     model: Student,
     scan_ids: Sequence[str],
     load_sample: Callable[[str], DistillSample],
-    settings: TrainingSettings,
+    config: DistillConfig,
     device: torch.device,
     on_step: Callable[[StepRecord], None] | None = None,
     checkpoints: Checkpoints | None = None,
     world: World | None = None,
 ) -> list[StepRecord]:
-    """Train `model` in place; returns one record per optimiser step of the whole run.
+    """Train `model` in place as `config` says; returns one record per optimiser step of the run.
 
     checkpoints: continue from this run's checkpoint if there is one, and save one every
         `checkpoints.every_epochs` epochs (rank 0 writes it).
     world: this process's rank among W (from `pipeline.distributed.launched`; None: one). Each
-        rank draws its share of every global batch (`pipeline.sampling`); together they take
-        the steps one process would, up to float rounding (drop-path masks aside: each rank
-        draws its own). Records hold the loss and pair count of the whole batch.
+        rank draws its share of every global batch (`pipeline.training.sampling`); together
+        they take the steps one process would, up to float rounding (drop-path masks aside:
+        each rank draws its own). Records hold the loss and pair count of the whole batch.
     """
     if not scan_ids:
         raise ValueError("distillation needs at least one training scan")
     world = world or World(device=device)
-    if settings.batch_size < world.size:
-        raise ValueError(f"batch_size {settings.batch_size} is the global batch: it must be at least the "
+    if config.batch_size < world.size:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be at least the "
                          f"number of processes, {world.size}")
-    steps_per_epoch = math.ceil(len(scan_ids) / settings.batch_size)
-    optimizer, scheduler = build_optimizer(model, settings.schedule, steps_per_epoch)
-    scaler = grad_scaler(settings.precision, device)
+    steps_per_epoch = math.ceil(len(scan_ids) / config.batch_size)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch)
+    scaler = grad_scaler(config.precision, device)
+    augmentation = Augmentation(max_points=config.max_points) if config.augment else None
     model.to(device).train()
-    if settings.gradient_checkpointing:
+    if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     history: list[StepRecord] = []
     state = checkpoints.load() if checkpoints else None
     if state:
         state.restore(model, optimizer, scheduler, scaler)
         history = [StepRecord(**record) for record in state.history]
-        log.info("resuming from %s after epoch %d of %d", checkpoints.folder, state.epochs_done, settings.epochs)
+        log.info("resuming from %s after epoch %d of %d", checkpoints.folder, state.epochs_done, config.epochs)
     start_epoch = state.epochs_done if state else 0
     if all_reduce_max(start_epoch, device) != -all_reduce_max(-start_epoch, device):
         raise RuntimeError(f"the ranks found different checkpoints in {checkpoints.folder}; "
                            "the checkpoint folder must be on a filesystem every rank shares")
 
     def step(samples: list[DistillSample], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_batch(samples, model, settings.augmentation, rngs, device)
+        return training_batch(samples, model, augmentation, rngs, device)
 
-    progress = tqdm(total=settings.epochs * steps_per_epoch, initial=len(history), desc="distill", unit="step",
+    progress = tqdm(total=config.epochs * steps_per_epoch, initial=len(history), desc="distill", unit="step",
                     disable=not world.is_main)
     with data_parallel(model, step, world) as run_step:
-        for epoch in range(start_epoch, settings.epochs):
-            torch.manual_seed(torch_seed(settings.seed, epoch, world.rank))  # drop-path draws
-            for batch in global_batches(epoch_order(settings.seed, epoch, len(scan_ids)), settings.batch_size):
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(torch_seed(config.seed, epoch, world.rank))  # drop-path draws
+            for batch in global_batches(epoch_order(config.seed, epoch, len(scan_ids)), config.batch_size):
                 share = [int(i) for i in rank_share(batch, world.rank, world.size)]
                 samples = [load_sample(scan_ids[i]) for i in share]
-                with autocast(settings.precision, device):
-                    student, teacher = run_step(samples, [scan_rng(settings.seed, epoch, i) for i in share])
+                with autocast(config.precision, device):
+                    student, teacher = run_step(samples, [epoch_scan_rng(config.seed, epoch, i) for i in share])
                 pairs = len(student)
                 mean = normalized_l2_loss(student, teacher) if pairs else student.sum()  # 0, still a graph
                 loss_sum, total_pairs = all_reduce_sum([mean.item() * pairs, pairs], device)
@@ -200,7 +151,7 @@ def distill_student(
                     on_step(record)
                 progress.update()
                 progress.set_postfix(loss=f"{record.loss:.4f}", epoch=epoch)
-            if checkpoints and world.is_main and checkpoints.due(epoch + 1, settings.epochs):
+            if checkpoints and world.is_main and checkpoints.due(epoch + 1, config.epochs):
                 checkpoints.save(TrainingState.capture(epoch + 1, model, optimizer, scheduler, scaler,
                                                        [asdict(record) for record in history]))
     progress.close()

@@ -6,31 +6,27 @@ never of a generator carried from step to step. That buys two properties:
 * Sharding does not change training. Epoch e visits the scans in the order
   `epoch_order(seed, e, n)`, cut into global batches of `batch_size` scans. With W ranks
   (torchrun), rank r takes `rank_share(batch, r, W)`: every W-th scan of the global
-  batch, starting at the r-th. A scan is augmented by `scan_rng(seed, e, index)`,
-  whichever rank draws it, so the union of the ranks' samples is the single process's
+  batch, starting at the r-th. A scan is augmented by `pipeline.seeding.epoch_scan_rng(seed, e,
+  index)`, whichever rank draws it, so the union of the ranks' samples is the single process's
   batch, sample for sample (`batch_size` is the global batch for any W).
 * Resuming is exact. The random state at the start of epoch e is fully determined by
   e, so a checkpoint needs no generator state: `torch_seed(seed, e, rank)` reseeds
   torch (drop-path masks) at every epoch start.
 
-Each draw comes from `np.random.SeedSequence((seed, stream, epoch, index))`: the entropy
-has a fixed length and a stream tag, so no two purposes can share a stream.
+Each draw comes from `pipeline.seeding.training_sequence(seed, stream, epoch, index)`: the
+entropy has a fixed length and a stream tag, so no two purposes can share a stream.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_ORDER, _AUGMENT, _TORCH = 0, 1, 2  # stream tags
-
-
-def _sequence(seed: int, stream: int, epoch: int, index: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence((seed, stream, epoch, index))
+from pipeline.seeding import ORDER_STREAM, TORCH_STREAM, training_sequence
 
 
 def epoch_order(seed: int, epoch: int, num_scans: int) -> np.ndarray:
     """The order in which epoch `epoch` visits the scans: a permutation of range(num_scans)."""
-    return np.random.default_rng(_sequence(seed, _ORDER, epoch, 0)).permutation(num_scans)
+    return np.random.default_rng(training_sequence(seed, ORDER_STREAM, epoch, 0)).permutation(num_scans)
 
 
 def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -51,11 +47,6 @@ def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return batch[rank::world_size]
 
 
-def scan_rng(seed: int, epoch: int, scan_index: int) -> np.random.Generator:
-    """The generator that augments scan `scan_index` (its position in the scan list) in `epoch`."""
-    return np.random.default_rng(_sequence(seed, _AUGMENT, epoch, scan_index))
-
-
 def torch_seed(seed: int, epoch: int, rank: int) -> int:
     """The torch seed of `rank` for `epoch` (drop-path masks, the only torch draws in training)."""
-    return int(_sequence(seed, _TORCH, epoch, rank).generate_state(1)[0])
+    return int(training_sequence(seed, TORCH_STREAM, epoch, rank).generate_state(1)[0])

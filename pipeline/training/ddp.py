@@ -2,9 +2,10 @@
 
 Under `torchrun --nproc_per_node W -m stages.distill` each process finds its rank and joins
 the process group through `pipeline.distributed.launched` (gloo on CPU, NCCL on CUDA with
-the process's LOCAL_RANK GPU), draws its share of every global batch (`pipeline.sampling`)
-and runs its training steps through `data_parallel`: a DistributedDataParallel that averages
-the gradients over the ranks. A single process is the same code with W = 1: no wrapper.
+the process's LOCAL_RANK GPU), draws its share of every global batch
+(`pipeline.training.sampling`) and runs its training steps through `data_parallel`: a
+DistributedDataParallel that averages the gradients over the ranks. A single process is the
+same code with W = 1: no wrapper.
 
 Two things make the W-process gradient equal to the single-process one, not just close:
 
@@ -17,7 +18,7 @@ Two things make the W-process gradient equal to the single-process one, not just
   batch (as in the reference), so every rank pads its scans to the longest scan of all
   ranks, as the single process pads the whole batch.
 
-The loss weighting that completes the equality is in `pipeline.training.distill_student`.
+The loss weighting that completes the equality is in `pipeline.training.loop.distill_student`.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def global_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def _pad_to_global_length(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook of a WaffleIron: pad the batch to the longest scan of all ranks.
 
-    `point_inputs.collate` pads each rank's scans to that rank's longest; the extra points
+    `waffleiron.inputs.collate` pads each rank's scans to that rank's longest; the extra points
     follow its convention (zero features, cell 0, occupancy 0, the last point as every
     neighbour), so BatchNorm counts the padding of the single process's batch. The extra
     output columns are dropped by `PointBatch.unpad`, which keeps each scan's own points.

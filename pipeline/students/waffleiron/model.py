@@ -14,7 +14,7 @@ factor (LayerScale) and `norm` a LayerNorm over the channels of each point. A he
 the tokens to the output: an MLP C -> 2048 -> 1024 for ScaLR+ distillation (1024 is the
 DINOv2 ViT-L width), or a linear classifier C -> nb_class.
 
-Shapes used throughout (batch layout produced by `point_inputs.collate`):
+Shapes used throughout (batch layout produced by `inputs.collate`):
 
 - features      float (B, Cin, N): per-point inputs, zero for padded points.
 - neighbors     int64 (B, N, K + 1): kNN indices within the same scan, self first.
@@ -25,24 +25,29 @@ Shapes used throughout (batch layout produced by `point_inputs.collate`):
 Padded points never change real points: they are nobody's neighbour and have occupancy 0,
 so they do not enter any cell mean. (In training mode BatchNorm statistics of the
 embedding do see them, as in the reference.)
+
+As a student (`pipeline.students`): `WaffleIronConfig.build()` makes the model,
+`WaffleIronConfig.prepare(...)` a scan's inputs (`inputs.prepare_scan`), `WaffleIron.run_batch`
+runs prepared scans, and `WaffleIron.for_inference` folds the model for prediction (`folded`).
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.config_loading import build
+from pipeline.datasets.base import IntensityStats
+from pipeline.students.inputs import Augmentation
+from pipeline.students.waffleiron.folded import InferenceOptions, InferenceWaffleIron
+from pipeline.students.waffleiron.inputs import PLANE_AXES, PreparedScan, collate, prepare_scan
 
-# The two coordinate axes spanning the plane orthogonal to each projection axis.
-PLANE_AXES: dict[int, tuple[int, int]] = {0: (1, 2), 1: (0, 2), 2: (0, 1)}
 HEADS = ("mlp", "linear")
 
 
@@ -57,7 +62,7 @@ class WaffleIronConfig:
     grids[g] is the (H, W) shape of grid g, the projection along axis `projection_axes[g]`;
     block d uses grid d mod G. `fov` is ((xmin, ymin, zmin), (xmax, ymax, zmax)) in metres.
     `voxel_size` and `num_neighbors` describe the inputs the network expects (see
-    `point_inputs`). `drop_path` is the stochastic-depth probability of every mix (training
+    `inputs`). `drop_path` is the stochastic-depth probability of every mix (training
     only). `checkpointing` recomputes each mix in the backward pass to save memory.
     """
 
@@ -77,6 +82,8 @@ class WaffleIronConfig:
     head_hidden: int = 2048
     out_channels: int = 1024
     checkpointing: bool = False
+
+    arch: ClassVar[str] = "waffleiron"  # its name in params.yaml and config.json
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON / YAML) but store tuples so the config stays hashable.
@@ -113,6 +120,20 @@ class WaffleIronConfig:
     def from_dict(cls, values: Mapping) -> WaffleIronConfig:
         """The config of a plain dict (e.g. a student's config.json), every key and type checked."""
         return build(cls, dict(values), "WaffleIronConfig:")
+
+    def build(self) -> WaffleIron:
+        """A freshly initialised WaffleIron of this config."""
+        return WaffleIron(self)
+
+    def prepare(
+        self,
+        points: np.ndarray,
+        intensity_stats: IntensityStats,
+        augmentation: Augmentation | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> PreparedScan:
+        """One raw scan -> WaffleIron's inputs (`inputs.prepare_scan`)."""
+        return prepare_scan(points, self, intensity_stats, augmentation=augmentation, rng=rng)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -327,89 +348,19 @@ class WaffleIron(nn.Module):
         tokens = self.waffleiron(tokens, cell_indices, occupancy)
         return self.classif(tokens)
 
+    def run_batch(self, scans: Sequence[PreparedScan], device: torch.device) -> list[torch.Tensor]:
+        """Prepared scans as one padded batch: one (n_kept, out_channels) tensor per scan."""
+        return collate(scans).to(device).run(self)
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
-
-
-def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the leading `module.` that DistributedDataParallel adds to every key."""
-    stripped = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    if len(stripped) != len(state_dict):
-        raise ValueError("state_dict has both `module.<key>` and `<key>` for some key")
-    return stripped
-
-
-def _list_keys(keys: set[str], limit: int = 20) -> str:
-    shown = sorted(keys)[:limit]
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(shown) + more
-
-
-def load_scalr_checkpoint(path: str | Path, model: nn.Module, allow_unsafe_pickle: bool = False) -> int | None:
-    """Load the `model_point` weights of a ScaLR / ScaLR+ `ckpt_last.pth` into `model`, strictly.
-
-    The file is a torch pickle of {epoch, model_point, optim, scheduler, scaler}. It is read
-    with `torch.load(weights_only=True)`, which only rebuilds tensors and plain containers.
-    A file needing full unpickling (which can run arbitrary code) is refused unless
-    `allow_unsafe_pickle=True`. A `module.` prefix (DDP) is stripped. Any missing or
-    unexpected key, or any shape mismatch, raises `CheckpointError` listing them and the path.
-    Returns the epoch recorded in the file (None if absent).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not allow_unsafe_pickle:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(
-                f"{path}: torch.load(weights_only=True) refuses this file ({first_line}). Full unpickling "
-                "can run arbitrary code; pass allow_unsafe_pickle=True only for a file you trust."
-            ) from error
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-
-    if not isinstance(payload, Mapping) or "model_point" not in payload:
-        found = sorted(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a ScaLR checkpoint dict with key 'model_point', found {found}")
-    state = strip_module_prefix(payload["model_point"])
-
-    expected = model.state_dict()
-    missing = set(expected) - set(state)
-    unexpected = set(state) - set(expected)
-    mismatched = [
-        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state))
-        if tuple(state[key].shape) != tuple(expected[key].shape)
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: model_point does not match the model."]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {_list_keys(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {_list_keys(unexpected)}")
-        if mismatched:
-            more = f" ... (+{len(mismatched) - 20} more)" if len(mismatched) > 20 else ""
-            lines.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched[:20]) + more)
-        lines.append("Check width, depth, grids and head of the WaffleIronConfig against the checkpoint.")
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
-    epoch = payload.get("epoch")
-    return int(epoch) if epoch is not None else None
+    def for_inference(self, precision: Literal["auto", "fp32", "bf16"]) -> InferenceWaffleIron:
+        """The fastest equivalent for prediction: this model folded (`folded`), in `precision`."""
+        return InferenceWaffleIron.from_model(self, InferenceOptions(precision=precision))
 
 
 __all__ = [
-    "CheckpointError",
     "WaffleIron",
     "WaffleIronBackbone",
     "WaffleIronConfig",
-    "PLANE_AXES",
     "gather_from_grid",
-    "load_scalr_checkpoint",
     "scatter_mean",
-    "strip_module_prefix",
 ]

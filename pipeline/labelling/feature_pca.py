@@ -19,7 +19,8 @@ How it is used:
    `basis_attributes(...)` in the store's attributes: the basis file's name and its
    fingerprint, so a reader never pairs coefficients with another basis.
 4. A reader calls `basis.reconstruct(codes)`: mean + codes @ components, an (N, D) feature
-   for the classifier fitted on the full template features.
+   for the classifier fitted on the full template features (`PointFeatureReader`,
+   `pipeline.labelling.point_features`, reads either kind of store so).
 
 Why reconstruct rather than refit the classifier on templates projected into the basis:
 the classifier then stays exactly the one the full features are labelled with, and only
@@ -41,14 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import (
-    RaggedReader,
-    RaggedWriter,
-    load_safetensors,
-    safetensors_bytes,
-    save_safetensors,
-    scans_per_block,
-)
+from pipeline.store.ragged import RaggedReader, RaggedWriter, scans_per_block
+from pipeline.store.safetensors import load_safetensors, safetensors_bytes, save_safetensors
 
 PCA_COLUMN = "feature_pca"  # the ragged column of (N, k) coefficients; full stores use "feature"
 BASIS_FORMAT = "igloss-pca"

@@ -1,6 +1,6 @@
 """Label points from their features with a classifier fitted on the template features.
 
-Two classifiers, chosen by `ClassifierMethod`:
+Two classifiers, chosen by `ClassifierMethod` (`label.method` in params.yaml, `LabelConfig`):
 
 * **logistic** (the IGLOSS reference): class-balanced one-vs-rest logistic regression,
   scikit-learn `LogisticRegression(solver="liblinear", class_weight="balanced", C=1,
@@ -9,7 +9,9 @@ Two classifiers, chosen by `ClassifierMethod`:
 * **nearest_prototype**: the class of the most cosine-similar template (max over each
   class's templates).
 
-Both are refitted by the label stage from the template features; nothing is stored.
+Both are refitted by the label stage from the template features (`fit_from_templates`);
+nothing is stored. `prompt_to_eval_label` maps a classifier's prompt classes to the
+evaluation classes they count as.
 
 Matching the reference on current scikit-learn: scikit-learn >= 1.8 refuses liblinear on
 three or more classes. Older versions ran liblinear's own one-vs-rest there, which
@@ -22,10 +24,16 @@ scikit-learn version (the tests compare it with liblinear's native one-vs-rest).
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+
+from pipeline.store.safetensors import load_safetensors
 
 # Rows per block when labelling: bounds the float64 work arrays to ~ block x max(D, M).
 _PREDICT_BLOCK = 16384
@@ -36,6 +44,17 @@ class ClassifierMethod(enum.Enum):
 
     LOGISTIC = "logistic"
     NEAREST_PROTOTYPE = "nearest_prototype"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The `label:` params section: how points are labelled from their features.
+
+    "logistic": class-balanced liblinear logistic regression on the template
+    features (IGLOSS). "nearest_prototype": cosine similarity, max over a class's prototypes.
+    """
+
+    method: Literal["logistic", "nearest_prototype"] = "logistic"
 
 
 def l2_normalize(features: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -213,3 +232,21 @@ def fit_classifier(
     if method is ClassifierMethod.LOGISTIC:
         return fit_logistic(template_features, labels, num_classes)
     return fit_nearest_prototype(template_features, labels, num_classes)
+
+
+def fit_from_templates(path: Path, class_names: Sequence[str], method: ClassifierMethod | str) -> Classifier:
+    """Fit `method` on a template-features file (safetensors: `features`, `labels`, and the
+    `class_names` in its metadata), whose classes must be `class_names`, in that order."""
+    tensors, metadata = load_safetensors(path)
+    stored = tuple(json.loads(metadata["class_names"]))
+    if stored != tuple(class_names):
+        raise ValueError(f"{path}: holds classes {stored}, params list {tuple(class_names)}; "
+                         "rerun the template_features stage")
+    return fit_classifier(method, tensors["features"], tensors["labels"], len(stored))
+
+
+def prompt_to_eval_label(labels: Sequence[str], eval_classes: Sequence[str]) -> np.ndarray:
+    """uint8 (K,) evaluation label of each of K prompt classes: `labels[k]`, the evaluation class
+    prompt class k counts as, as its index in `eval_classes` (several may count as one)."""
+    eval_index = {name: i for i, name in enumerate(eval_classes)}
+    return np.array([eval_index[label] for label in labels], dtype=np.uint8)

@@ -1,7 +1,7 @@
 """Training-state checkpoints: an interrupted distillation continues where it stopped.
 
-A checkpoint is one folder, replaced atomically (`pipeline.store.atomic_output`), so a kill
-at any moment leaves either the previous checkpoint or the new one, never a mix:
+A checkpoint is one folder, replaced atomically (`pipeline.store.atomic.atomic_output`), so a
+kill at any moment leaves either the previous checkpoint or the new one, never a mix:
 
     state.safetensors   every tensor: `model/<key>` and `optimizer/<param index>/<slot>`
     state.json          the rest: format, fingerprint, epochs done, the optimiser's param
@@ -9,11 +9,12 @@ at any moment leaves either the previous checkpoint or the new one, never a mix:
                         and the per-step history so far
 
 It holds no random-generator state: every draw of training is a function of (seed, epoch,
-scan or rank) (`pipeline.sampling`), so the epoch count is the whole random state.
+scan or rank) (`pipeline.training.sampling`), so the epoch count is the whole random state.
 
 The fingerprint names the run a checkpoint belongs to (the caller hashes the params and
-the data identity into it). A checkpoint with another fingerprint is ignored with a log
-line and overwritten by the next save, never mixed into a different run.
+the data identity into it: `pipeline.training.data.run_fingerprint`). A checkpoint with
+another fingerprint is ignored with a log line and overwritten by the next save, never mixed
+into a different run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.store import atomic_output, load_safetensors, save_safetensors
+from pipeline.store.atomic import atomic_output
+from pipeline.store.safetensors import load_safetensors, save_safetensors
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from the configured source (procedural, diffusers or an authors' folder, exactly
 `prototypes` stage makes them), encoded by the teacher into one vector per image
 (`Teacher.encode_templates`, as the `template_features` stage does). The student's point
 features were distilled to match the teacher's pixel features, so a point and a prototype
-compare by cosine similarity, as in `pipeline.classifier`.
+compare by cosine similarity, as in `pipeline.labelling.classifier`.
 
 **Cache key.** A name's prototypes and template vectors are a pure function of the name, its
 prompts, the source and that source's own settings (the image size for procedural, the
@@ -14,6 +14,7 @@ folder), the number of images, the seed and the teacher (its config but its devi
 SHA-256 of its weights file).
 `query_key` hashes exactly that; a change to anything else (the student, the dataset, another
 source's settings) keeps the key, and the key never needs the teacher model to be built.
+`PrototypeCache` keeps each name's images and vectors in a folder named by the key's hash.
 
 **Scoring.** A point's similarity to a name is its best cosine over the name's prototypes
 (`NearestPrototypeClassifier.logits`). Two scores, chosen by `ScoreMode`:
@@ -54,17 +55,28 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from pipeline.classifier import NearestPrototypeClassifier, l2_normalize
-from pipeline.config import PrototypeParams
 from pipeline.generation.image_folder import class_folder, list_class_images
-from pipeline.teacher import TeacherConfig, file_sha256
+from pipeline.generation.prototype_sets import (
+    PrototypesConfig,
+    make_prototype_images,
+    read_prototype_folder,
+    write_prototype_folder,
+)
+from pipeline.labelling.classifier import NearestPrototypeClassifier, l2_normalize
+from pipeline.store.atomic import atomic_output
+from pipeline.store.safetensors import load_safetensors, save_safetensors
+from pipeline.teachers import Teacher, TeacherConfig, build_teacher, file_sha256
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = ("a photo of a {}",)
 KEY_VERSION = 1
@@ -80,7 +92,7 @@ class QueryError(ValueError):
 # --------------------------------------------------------------------------- prototypes
 
 
-def source_fingerprint(cfg: PrototypeParams, name: str) -> dict:
+def source_fingerprint(cfg: PrototypesConfig, name: str) -> dict:
     """The settings of the configured source that change the images of `name` (nothing else)."""
     if cfg.source == "procedural":
         return {"image_size": cfg.image_size}
@@ -103,7 +115,7 @@ def teacher_fingerprint(cfg: TeacherConfig) -> dict:
     return fields
 
 
-def query_key(name: str, prompts: Sequence[str], prototypes: PrototypeParams, teacher: TeacherConfig) -> tuple[str, dict]:
+def query_key(name: str, prompts: Sequence[str], prototypes: PrototypesConfig, teacher: TeacherConfig) -> tuple[str, dict]:
     """(16-hex-digit hash, the JSON-able fields it hashes) of one query name's prototypes and vectors."""
     fields = {
         "version": KEY_VERSION,
@@ -120,7 +132,7 @@ def query_key(name: str, prompts: Sequence[str], prototypes: PrototypeParams, te
     return hashlib.sha256(text.encode()).hexdigest()[:16], json.loads(text)
 
 
-def check_source_knows(cfg: PrototypeParams, name: str, params_file: str | Path = "params.yaml") -> None:
+def check_source_knows(cfg: PrototypesConfig, name: str, params_file: str | Path = "params.yaml") -> None:
     """Fail early, before any model loads, when the procedural source cannot draw `name`."""
     if cfg.source != "procedural":
         return
@@ -133,6 +145,85 @@ def check_source_knows(cfg: PrototypeParams, name: str, params_file: str | Path 
             f"prototypes.source: diffusers in {params_file} (prototypes.diffusers.model: a local diffusers "
             "pipeline folder or hub id), or use prototypes.source: folder with ready-made images."
         )
+
+
+@dataclass(frozen=True)
+class NamePrototypes:
+    """One query name's prototype images and their (M, D) teacher vectors."""
+
+    name: str
+    folder: Path
+    images: list[Image.Image]
+    features: np.ndarray
+    teacher_id: str
+    cached: bool
+
+
+class PrototypeCache:
+    """Query names' prototype images and template vectors, one folder per name and key.
+
+    `<root>/<query_key hash>/` holds the PNGs and manifest.json of `write_prototype_folder` and
+    `templates.safetensors` (the vectors; metadata: the key, the name, the teacher id). Asking
+    again for a name reuses them without loading the teacher or the generator.
+    """
+
+    TEMPLATES_NAME = "templates.safetensors"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def read(self, folder: Path, name: str, key: dict) -> NamePrototypes | None:
+        """The cached prototypes of `name`, or None when the folder does not hold exactly this key."""
+        if not (folder / self.TEMPLATES_NAME).is_file():
+            return None
+        tensors, metadata = load_safetensors(folder / self.TEMPLATES_NAME)
+        if json.loads(metadata.get("key", "null")) != key:
+            log.warning("%s: holds another query's prototypes (a hash collision?); making them again", folder)
+            return None
+        return NamePrototypes(name, folder, read_prototype_folder(folder), tensors["features"],
+                              metadata["teacher"], cached=True)
+
+    def load_or_make(self, queries: Sequence[tuple[str, tuple[str, ...]]], prototypes: PrototypesConfig,
+                     teacher_config: TeacherConfig, batch_size: int) -> list[NamePrototypes]:
+        """Each (name, prompts)'s prototypes from the cache, made (and cached) when absent.
+
+        prototypes: the source that draws them; teacher_config: the teacher that encodes them,
+        `batch_size` images at a time (built only when some name is not cached).
+        """
+        teacher: Teacher | None = None
+        found = []
+        for name, prompts in tqdm(queries, desc="query prototypes", unit="name", disable=len(queries) < 2):
+            key_hash, key = query_key(name, prompts, prototypes, teacher_config)
+            folder = self.root / key_hash
+            cached = self.read(folder, name, key)
+            if cached is not None:
+                log.info("%r: prototypes and template vectors from %s", name, folder)
+                found.append(cached)
+                continue
+            log.info("%r: drawing %d %s prototypes (prompts %s)", name, prototypes.images_per_class,
+                     prototypes.source, list(prompts))
+            images, source = make_prototype_images(prototypes, name, prompts)
+            teacher = teacher or build_teacher(teacher_config)
+            features = teacher.encode_templates([image for image, _ in images], batch_size)
+            with atomic_output(folder) as tmp:
+                tmp.mkdir(parents=True)
+                write_prototype_folder(tmp, name, source, images)
+                save_safetensors(tmp / self.TEMPLATES_NAME, {"features": features},
+                                 {"key": key, "name": name, "teacher": teacher.teacher_id})
+            found.append(NamePrototypes(name, folder, [image for image, _ in images], features,
+                                        teacher.teacher_id, cached=False))
+        return found
+
+
+def vocabulary_competitors(templates_file: Path, names: Sequence[str], teacher_id: str) -> list[np.ndarray]:
+    """The template vectors of each vocabulary class not queried by name, from the
+    template_features stage's file; they must come from the query's teacher."""
+    tensors, metadata = load_safetensors(templates_file)
+    if metadata.get("teacher") != teacher_id:
+        raise QueryError(f"{templates_file}: encoded by teacher {metadata.get('teacher')!r}, but params give "
+                         f"{teacher_id!r}: run `dvc repro template_features`")
+    class_names = json.loads(metadata["class_names"])
+    return [tensors["features"][tensors["labels"] == i] for i, c in enumerate(class_names) if c not in names]
 
 
 # --------------------------------------------------------------------------- scoring

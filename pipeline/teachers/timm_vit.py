@@ -1,20 +1,17 @@
-"""The frozen 2D teacher: a timm ViT (DINOv2) that turns images into patch features.
+"""The timm ViT teacher (DINOv2): pre-norm last-block patch features of a frozen timm model.
 
-IGLOSS uses one teacher for two jobs, and both must see exactly the same network:
+The first implementation of the `Teacher` protocol (`pipeline.teachers.base`):
 
-* **templates**: each prototype image becomes one L2-normalised vector
-  (`Teacher.encode_templates`, REFERENCE "Template (prototype) features");
-* **camera images**: each image becomes a (D, h, w) map of patch features
-  (`Teacher.patch_features`) from which each lidar point takes its target, either the
-  feature of its patch or the bilinearly upsampled feature at its pixel
-  (`pixel_features_at`).
+* **camera images** -> (D, h, w) patch features (`TimmViTTeacher.patch_features`);
+* **templates** -> one vector per image (`TimmViTTeacher.encode_templates`): upsampled to
+  pixels, L2-normalised per pixel, averaged (`upsampling.mean_normalized_pixel_feature`).
 
 The features are the last block's patch tokens *before* the final norm, as the
 reference computes them with `forward_intermediates(..., norm=False)`.
 
 Building the model::
 
-    teacher = Teacher(TeacherConfig(
+    teacher = TimmViTTeacher(TeacherConfig(
         model_name="vit_large_patch14_dinov2.lvd142m",
         input_size=(448, 896),
         weights="data/weights/dinov2_vitl14.safetensors",   # or None: random init
@@ -31,20 +28,21 @@ copy of the weights in memory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.devices import DeviceChoice, resolve_device
+from pipeline.precision import Precision
+from pipeline.teachers.base import TeacherError, file_sha256
+from pipeline.teachers.images import ImageLike, load_image, load_images
+from pipeline.teachers.upsampling import mean_normalized_pixel_feature
 
 # timm is imported inside the functions that build models: importing it costs seconds
 # (it pulls in torchvision), and the params loader imports this module for TeacherConfig.
@@ -52,22 +50,11 @@ from pipeline.devices import DeviceChoice, resolve_device
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "fp16"]
-PixelMode = Literal["pixel", "patch"]
-ImageLike = Image.Image | np.ndarray | str | Path
-
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Pixels per chunk in `mean_normalized_pixel_feature`: bounds its work arrays (~16 x this
-# many float64) whatever the template size.
-_PIXEL_CHUNK = 65536
-
-
-class TeacherError(RuntimeError):
-    """The teacher cannot be built. The message names the model and, where relevant, the file."""
 
 
 @dataclass(frozen=True)
-class ArchitectureOverrides:
+class ArchitectureOverridesConfig:
     """Changes to the timm architecture, for a tiny randomly initialised demo teacher.
 
     Left at None, the named model's own value is kept. With a weights file the overrides
@@ -106,7 +93,7 @@ class TeacherConfig:
     weights: str | None = None
     from_hub: bool = False
     seed: int = 0
-    overrides: ArchitectureOverrides = field(default_factory=ArchitectureOverrides)
+    overrides: ArchitectureOverridesConfig = field(default_factory=ArchitectureOverridesConfig)
     precision: Precision = "fp32"
     device: DeviceChoice = "auto"
 
@@ -148,148 +135,8 @@ def teacher_patch_size(config: TeacherConfig) -> int:
     return teacher_shape(config)[0]
 
 
-def file_sha256(path: str | Path, length: int = 16) -> str:
-    """Hex SHA-256 of a file (first `length` characters), read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
-def load_image(source: ImageLike, size: tuple[int, int]) -> torch.Tensor:
-    """Load (if a path) and resize an image to `size` (H, W): a float32 (3, H, W) tensor in [0, 1].
-
-    Accepts a PIL image, a uint8 array (H, W, 3) or (H, W), or a file path. Grey and RGBA
-    images become RGB. Resizing is PIL bilinear (antialiased when shrinking).
-    """
-    if isinstance(source, (str, Path)):
-        with Image.open(source) as opened:
-            image = opened.convert("RGB")
-    elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8:
-            raise ValueError(f"image arrays must be uint8, got {source.dtype}")
-        image = Image.fromarray(source).convert("RGB")
-    elif isinstance(source, Image.Image):
-        image = source.convert("RGB")
-    else:
-        raise TypeError(f"cannot read an image from {type(source).__name__}")
-    height, width = size
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def load_images(sources: Sequence[ImageLike], size: tuple[int, int]) -> torch.Tensor:
-    """`load_image` for several images: a float32 (B, 3, H, W) tensor in [0, 1]."""
-    return torch.stack([load_image(source, size) for source in sources])
-
-
-def _bilinear_taps(
-    coord: torch.Tensor, out_len: int, in_len: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source taps of bilinear upsampling with align_corners=True along one axis.
-
-    Output index i of an axis upsampled from `in_len` to `out_len` samples the input at
-    i * (in_len - 1) / (out_len - 1): the two neighbouring input indices and the weight
-    of the upper one. This is what F.interpolate(..., align_corners=True) computes, for
-    the requested output indices only.
-    """
-    scale = (in_len - 1) / (out_len - 1) if out_len > 1 else 0.0
-    source = coord.to(torch.float64) * scale
-    low = source.floor().clamp_(0, in_len - 1)
-    high = (low + 1).clamp_(max=in_len - 1)
-    return low.long(), high.long(), source - low
-
-
-def pixel_features_at(
-    patch_feats: torch.Tensor,
-    pixel_uv: torch.Tensor | np.ndarray,
-    patch_size: int,
-    mode: PixelMode = "pixel",
-) -> torch.Tensor:
-    """The teacher feature of each requested pixel: (P, D), in the dtype of `patch_feats`.
-
-    Args:
-        patch_feats: (D, h, w) patch features of one image.
-        pixel_uv: (P, 2) integer pixel coordinates (u = column, v = row) in the teacher's
-            input image, i.e. in [0, w * patch_size) x [0, h * patch_size).
-        patch_size: the ViT patch size (14 for DINOv2).
-        mode: "patch" takes the patch at floor(pixel / patch_size), with no interpolation
-            (DITR). "pixel" takes the feature map upsampled x patch_size bilinearly with
-            align_corners=True (the ScaLR reference), evaluated only at these pixels: the
-            full upsampled map (D x 448 x 896 floats for ViT-L) is never built.
-    """
-    if patch_feats.ndim != 3:
-        raise ValueError(f"patch_feats must be (D, h, w), got shape {tuple(patch_feats.shape)}")
-    uv = torch.as_tensor(pixel_uv, device=patch_feats.device)
-    if uv.ndim != 2 or uv.shape[1] != 2:
-        raise ValueError(f"pixel_uv must be (P, 2), got shape {tuple(uv.shape)}")
-    if uv.is_floating_point():
-        raise TypeError("pixel_uv must hold integer pixel indices (floor them first)")
-    dim, h, w = patch_feats.shape
-    height, width = h * patch_size, w * patch_size
-    u, v = uv[:, 0].long(), uv[:, 1].long()
-    if len(uv) and (u.min() < 0 or v.min() < 0 or u.max() >= width or v.max() >= height):
-        raise ValueError(f"pixel_uv outside the {width} x {height} teacher image")
-    flat = patch_feats.reshape(dim, h * w)
-    if mode == "patch":
-        return flat[:, (v // patch_size) * w + u // patch_size].T
-    if mode != "pixel":
-        raise ValueError(f"mode must be 'pixel' or 'patch', got {mode!r}")
-    y0, y1, wy = _bilinear_taps(v, height, h)
-    x0, x1, wx = _bilinear_taps(u, width, w)
-    wy = wy.to(patch_feats.dtype)
-    wx = wx.to(patch_feats.dtype)
-    top = flat[:, y0 * w + x0] * (1 - wx) + flat[:, y0 * w + x1] * wx
-    bottom = flat[:, y1 * w + x0] * (1 - wx) + flat[:, y1 * w + x1] * wx
-    return (top * (1 - wy) + bottom * wy).T
-
-
-def _upsampling_taps(h: int, w: int, patch_size: int, device: torch.device):
-    """For every pixel of the x patch_size upsampled map (row-major): the flat indices of
-    its 4 source patches (P, 4) and their bilinear weights (P, 4), float64."""
-    height, width = h * patch_size, w * patch_size
-    y0, y1, wy = _bilinear_taps(torch.arange(height, device=device), height, h)
-    x0, x1, wx = _bilinear_taps(torch.arange(width, device=device), width, w)
-    y0, y1, wy = y0[:, None], y1[:, None], wy[:, None]
-    index = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=-1)
-    weight = torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], dim=-1)
-    return index.reshape(-1, 4), weight.reshape(-1, 4)
-
-
-def mean_normalized_pixel_feature(
-    patch_feats: torch.Tensor, patch_size: int, eps: float = 1e-12
-) -> torch.Tensor:
-    """One template vector from (D, h, w) patch features: (D,) float32.
-
-    Defined as: upsample x patch_size (bilinear, align_corners=True) to pixels, L2-normalise
-    each pixel's feature, average over all pixels. Materialising that map costs D x H x W
-    floats (0.8 GB for ViT-L at 448 x 448) and seconds per image, so it is computed
-    exactly but cheaply instead. A pixel's feature is sum_i a_i f_i over its 4 source
-    patches, so
-
-        mean_p up_p / |up_p| = (1/N) sum_patches f_k * g_k,   g_k = sum_{p, i: k_i = k} a_i / |up_p|,
-
-    and |up_p|^2 = sum_ij a_i a_j <f_i, f_j> comes from the patches' Gram matrix. All of
-    it is float64; the result equals the direct computation to float32 rounding (tested).
-    """
-    dim, h, w = patch_feats.shape
-    flat = patch_feats.to(torch.float64).reshape(dim, h * w)
-    gram = flat.T @ flat
-    index, weight = _upsampling_taps(h, w, patch_size, flat.device)
-    coefficient = torch.zeros(h * w, dtype=torch.float64, device=flat.device)
-    for start in range(0, len(index), _PIXEL_CHUNK):
-        idx, a = index[start:start + _PIXEL_CHUNK], weight[start:start + _PIXEL_CHUNK]
-        pair_dots = gram[idx[:, :, None], idx[:, None, :]]  # (P, 4, 4)
-        norm = torch.einsum("pi,pj,pij->p", a, a, pair_dots).clamp_(min=0).sqrt_()
-        coefficient.index_add_(0, idx.reshape(-1), (a / norm.clamp(min=eps)[:, None]).reshape(-1))
-    return (flat @ coefficient / len(index)).float()
-
-
-class Teacher:
-    """A frozen timm ViT giving pre-norm last-block patch features.
+class TimmViTTeacher:
+    """A frozen timm ViT giving pre-norm last-block patch features (a `Teacher`).
 
     Args:
         config: see `TeacherConfig`.
@@ -383,6 +230,14 @@ class Teacher:
         return " ".join(parts)
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        return self.config.input_size
+
+    @property
+    def template_size(self) -> tuple[int, int]:
+        return self.config.template_size
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """(h, w) patch grid of a camera image at the configured input size."""
         return self.config.input_size[0] // self.patch_size, self.config.input_size[1] // self.patch_size
@@ -420,12 +275,6 @@ class Teacher:
     def load_image(self, source: ImageLike) -> torch.Tensor:
         """A camera image resized to the teacher input size: (3, H, W) float32 in [0, 1]."""
         return load_image(source, self.config.input_size)
-
-    def pixel_features_at(
-        self, patch_feats: torch.Tensor, pixel_uv: torch.Tensor | np.ndarray, mode: PixelMode = "pixel"
-    ) -> torch.Tensor:
-        """`pixel_features_at` with this teacher's patch size."""
-        return pixel_features_at(patch_feats, pixel_uv, self.patch_size, mode)
 
     def encode_templates(self, images: Sequence[ImageLike], batch_size: int = 8) -> np.ndarray:
         """One L2-normalised-per-pixel, pixel-averaged vector per prototype image: (M, D) float32.

@@ -1,4 +1,4 @@
-"""Inference-only WaffleIron: the function of `waffleiron.WaffleIron`, folded and laid out for speed.
+"""Inference-only WaffleIron: the function of `model.WaffleIron`, folded and laid out for speed.
 
 `WaffleIron` keeps the ScaLR+ module tree so that released checkpoints load strictly; that tree
 is written for training (BatchNorms, a (B, C, N) layout, 1x1 convolutions everywhere). At
@@ -23,9 +23,10 @@ separate model from a loaded one (the source model is never modified):
 Usage, with the student of the `distill` stage::
 
     model, _ = load_student("cache/student", device)       # the checkpoint-compatible module
-    fast = InferenceWaffleIron.from_model(model, InferenceOptions(precision="auto"))
+    fast = model.for_inference("auto")                     # = InferenceWaffleIron.from_model(...)
     with torch.inference_mode():
         out = fast(batch.features, batch.neighbors, batch.cell_indices, batch.occupancy)
+        per_scan = fast.run_batch(scans, device)            # or prepared scans, as the student
 
 `out` is (B, out_channels, N) float32, as `WaffleIron.forward` returns; it agrees with it to
 float rounding in fp32 and to a cosine of about 0.999+ in bf16 (`bench` checks both).
@@ -35,19 +36,23 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.students.waffleiron import (
-    ChannelMix,
-    PointEmbedding,
-    SpatialMix,
-    WaffleIron,
-    WaffleIronConfig,
-)
+from pipeline.students.waffleiron.inputs import PreparedScan, collate
+
+if TYPE_CHECKING:  # the model imports this module for `WaffleIron.for_inference`
+    from pipeline.students.waffleiron.model import (
+        ChannelMix,
+        PointEmbedding,
+        SpatialMix,
+        WaffleIron,
+        WaffleIronConfig,
+    )
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -332,6 +337,10 @@ class InferenceWaffleIron(nn.Module):
             self.forward_scan(features[b].T, neighbors[b], cell_indices[b], occupancy[b]) for b in range(batch)
         ]
         return torch.stack(outputs).transpose(1, 2)
+
+    def run_batch(self, scans: Sequence[PreparedScan], device: torch.device) -> list[torch.Tensor]:
+        """Prepared scans, as `WaffleIron.run_batch` takes them: one (n_kept, out_channels) tensor per scan."""
+        return collate(scans).to(device).run(self)
 
 
 __all__ = ["InferenceOptions", "InferenceWaffleIron", "bf16_supported"]

@@ -1,6 +1,7 @@
-"""Point pre-processing: a raw scan (M, 4) -> WaffleIron's inputs, and the way back.
+"""WaffleIron's inputs: a raw scan (M, >=4) -> `PreparedScan`, several -> one padded `PointBatch`.
 
-`prepare_scan` runs the ScaLR+ inference chain on one scan:
+`prepare_scan` runs the ScaLR+ inference chain on one scan (the shared steps are in
+`pipeline.students.inputs`):
 
 1. voxelise at `voxel_size` (0.1 m), keeping the first point of each occupied voxel;
 2. crop to the field of view;
@@ -13,109 +14,38 @@ For training (`augmentation=...`, with an explicit `rng`) the voxel keeps a rand
 then the kept points are subsampled to `max_points` and randomly rotated about z, flipped
 and scaled, and only then cropped, so the features describe the augmented cloud.
 
-`collate` pads several prepared scans into the batch layout of `waffleiron.WaffleIron`.
+`collate` pads several prepared scans into the batch layout of `model.WaffleIron`.
 Everything here is numpy / scipy except the final batch tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from pipeline.students.waffleiron import PLANE_AXES, WaffleIronConfig
+from pipeline.datasets.base import IntensityStats
+from pipeline.students.inputs import (
+    Augmentation,
+    augment_points,
+    back_projection,
+    crop_to_fov,
+    input_features,
+    voxelize,
+)
 
+if TYPE_CHECKING:  # the config imports this module to prepare its scans
+    from pipeline.students.waffleiron.model import WaffleIronConfig
 
-@dataclass(frozen=True)
-class IntensityStats:
-    """Mean and standard deviation used to standardise a dataset's lidar intensity."""
-
-    mean: float
-    std: float
-
-    def standardise(self, intensity: np.ndarray) -> np.ndarray:
-        return (np.asarray(intensity, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
-
-
-NUSCENES_INTENSITY = IntensityStats(mean=18.742355, std=22.04632)
-SEMANTIC_KITTI_INTENSITY = IntensityStats(mean=0.28613698, std=0.14090556)  # remission
-INTENSITY_STATS: dict[str, IntensityStats] = {
-    "nuscenes": NUSCENES_INTENSITY,
-    "semantic_kitti": SEMANTIC_KITTI_INTENSITY,
-}
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Training augmentations of ScaLR+.
-
-    rotate_z: rotate by an angle uniform in [-pi, pi) about z.
-    flip_probability: chance of mirroring one horizontal axis, x or y with equal odds
-        (2/3 overall in the reference, i.e. none / flip x / flip y each 1/3).
-    scale_range: isotropic scale uniform in [1 - r, 1 + r].
-    max_points: keep at most this many points (uniform random subsample); None keeps all.
-    """
-
-    rotate_z: bool = True
-    flip_probability: float = 2.0 / 3.0
-    scale_range: float = 0.1
-    max_points: int | None = 20_000
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.flip_probability <= 1.0:
-            raise ValueError(f"Augmentation.flip_probability must be in [0, 1], got {self.flip_probability}")
-        if not 0.0 <= self.scale_range < 1.0:
-            raise ValueError(f"Augmentation.scale_range must be in [0, 1), got {self.scale_range}")
-        if self.max_points is not None and self.max_points < 1:
-            raise ValueError(f"Augmentation.max_points must be >= 1 or None, got {self.max_points}")
+# The two coordinate axes spanning the plane orthogonal to each projection axis.
+PLANE_AXES: dict[int, tuple[int, int]] = {0: (1, 2), 1: (0, 2), 2: (0, 1)}
 
 
 # --------------------------------------------------------------------------- single steps
-
-
-def voxelize(xyz: np.ndarray, voxel_size: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Keep one point per occupied voxel; return the kept indices, int64 ascending.
-
-    Voxel coordinates are floor((xyz - xyz.min(0)) / voxel_size), i.e. measured from the
-    scan's minimum corner. Without `rng` the kept point is the first of its voxel in scan
-    order (inference); with `rng` it is a random one (training).
-    """
-    xyz = np.asarray(xyz)[:, :3]
-    if len(xyz) == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = rng.permutation(len(xyz)) if rng is not None else np.arange(len(xyz))
-    voxels = ((xyz[order] - xyz.min(axis=0)) / voxel_size).astype(np.int64)
-    extent = voxels.max(axis=0) + 1
-    if float(np.prod(extent.astype(np.float64))) < 2.0**62:
-        # One int64 key per voxel sorts much faster than rows.
-        keys = (voxels[:, 0] * extent[1] + voxels[:, 1]) * extent[2] + voxels[:, 2]
-        _, first = np.unique(keys, return_index=True)
-    else:  # absurd extents (outliers far away): fall back to unique rows
-        _, first = np.unique(voxels, axis=0, return_index=True)
-    # np.unique's return_index is the first occurrence (stable sort).
-    return np.sort(order[first]).astype(np.int64)
-
-
-def crop_to_fov(xyz: np.ndarray, fov: Sequence[Sequence[float]], margin: float = 1e-4) -> np.ndarray:
-    """Boolean mask of the points strictly inside the box fov = (min xyz, max xyz).
-
-    The `margin` keeps points off the box faces (as the reference), so cell indices of kept
-    points never reach the grid size.
-    """
-    lo = np.asarray(fov[0], dtype=np.float64) + margin
-    hi = np.asarray(fov[1], dtype=np.float64) - margin
-    xyz = np.asarray(xyz)[:, :3]
-    return np.all((xyz > lo) & (xyz < hi), axis=1)
-
-
-def input_features(xyz: np.ndarray, intensity: np.ndarray, stats: IntensityStats) -> np.ndarray:
-    """The 5 input channels, float32 (N, 5): standardised intensity, x, y, z, radius."""
-    xyz = np.asarray(xyz, dtype=np.float32)[:, :3]
-    radius = np.linalg.norm(xyz, axis=1)
-    return np.column_stack([stats.standardise(intensity), xyz, radius]).astype(np.float32)
 
 
 def knn_neighbors(xyz: np.ndarray, k: int) -> np.ndarray:
@@ -158,59 +88,6 @@ def cell_indices(xyz: np.ndarray, config: WaffleIronConfig) -> np.ndarray:
         quantised = np.clip(quantised, 0, shape - 1)
         out[g] = quantised[:, 0] * shape[1] + quantised[:, 1]
     return out
-
-
-def back_projection(original_xyz: np.ndarray, kept_xyz: np.ndarray) -> np.ndarray:
-    """For every original point, the index of its nearest kept point, int64 (M,)."""
-    tree = cKDTree(np.asarray(kept_xyz, dtype=np.float64)[:, :3])
-    _, index = tree.query(np.asarray(original_xyz, dtype=np.float64)[:, :3], k=1, workers=-1)
-    return np.asarray(index, dtype=np.int64)
-
-
-# --------------------------------------------------------------------------- augmentations
-
-
-def random_subsample(num_points: int, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
-    """At most `max_points` distinct indices of range(num_points), uniformly, ascending."""
-    if max_points is None or num_points <= max_points:
-        return np.arange(num_points, dtype=np.int64)
-    return np.sort(rng.choice(num_points, size=max_points, replace=False)).astype(np.int64)
-
-
-def random_transform(xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
-    """Rotate about z, maybe flip x or y, scale: a new (N, 3) array of xyz's dtype.
-
-    The same four random numbers are drawn whatever the flags, so the stream of `rng`
-    does not depend on which augmentations are on.
-    """
-    xyz = np.asarray(xyz)[:, :3]
-    angle = rng.uniform(-np.pi, np.pi)
-    flip = rng.random() < augmentation.flip_probability
-    flip_axis = int(rng.integers(2))  # 0: mirror x, 1: mirror y
-    scale = 1.0 + rng.uniform(-augmentation.scale_range, augmentation.scale_range)
-
-    out = xyz.astype(np.float64)
-    if augmentation.rotate_z:
-        cos, sin = np.cos(angle), np.sin(angle)
-        x, y = out[:, 0].copy(), out[:, 1].copy()
-        out[:, 0] = cos * x - sin * y
-        out[:, 1] = sin * x + cos * y
-    if flip:
-        out[:, flip_axis] *= -1.0
-    out *= scale
-    return out.astype(xyz.dtype if np.issubdtype(xyz.dtype, np.floating) else np.float64)
-
-
-def augment_points(
-    xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation
-) -> tuple[np.ndarray, np.ndarray]:
-    """Training augmentation: subsample to `max_points`, then rotate / flip / scale.
-
-    Returns (augmented xyz (n, 3), kept indices into xyz (n,) ascending). Deterministic for
-    a given Generator state.
-    """
-    keep = random_subsample(len(xyz), augmentation.max_points, rng)
-    return random_transform(np.asarray(xyz)[keep], rng, augmentation), keep
 
 
 # --------------------------------------------------------------------------- whole chain
@@ -315,6 +192,10 @@ class PointBatch:
         """Split a network output (B, D, N) into one (n_b, D) tensor per scan."""
         return [output[b, :, :n].transpose(0, 1) for b, n in enumerate(self.num_points)]
 
+    def run(self, model: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
+        """`model` (a WaffleIron or its folded build) on this batch: one (n_b, D) tensor per scan."""
+        return self.unpad(model(self.features, self.neighbors, self.cell_indices, self.occupancy))
+
 
 def collate(scans: Sequence[PreparedScan], num_points: int | None = None) -> PointBatch:
     """Pad scans to a common N (the largest scan, or `num_points` if given).
@@ -353,22 +234,11 @@ def collate(scans: Sequence[PreparedScan], num_points: int | None = None) -> Poi
 
 
 __all__ = [
-    "Augmentation",
-    "INTENSITY_STATS",
-    "IntensityStats",
-    "NUSCENES_INTENSITY",
+    "PLANE_AXES",
     "PointBatch",
     "PreparedScan",
-    "SEMANTIC_KITTI_INTENSITY",
-    "augment_points",
-    "back_projection",
     "cell_indices",
     "collate",
-    "crop_to_fov",
-    "input_features",
     "knn_neighbors",
     "prepare_scan",
-    "random_subsample",
-    "random_transform",
-    "voxelize",
 ]

@@ -1,0 +1,55 @@
+"""Reading a split's point-feature store, whichever form it holds.
+
+The point features of a split are one ragged store (`pipeline.store.ragged`): either the full
+(N, D) feature of every point (column "feature"), or, with `point_features.pca.dims` set, its
+k PCA coefficients (column `PCA_COLUMN`) with the basis in a file beside the store, named in
+the store's attributes with the fingerprint it must have (`pipeline.labelling.feature_pca`).
+`PointFeatureReader` reads both the same way: `read(scan_id)` is the (N, D) features a
+classifier fitted on the full template features labels (reconstructed from the coefficients
+for a reduced store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.labelling.feature_pca import PCA_COLUMN, PcaBasis, load_basis
+from pipeline.store.ragged import RaggedReader
+
+
+class PointFeatureReader:
+    """The point features of one split, scan by scan.
+
+    path: the store's folder. store: its ragged store. basis: the PCA basis its coefficients
+    were made with (the file its attributes name, beside the store, checked against the
+    fingerprint they carry), or None when it holds full features.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.store = RaggedReader(self.path)
+        pca = self.store.attributes.get("pca")
+        self.basis: PcaBasis | None = (
+            None if pca is None else load_basis(self.path.parent / pca["basis"], fingerprint=pca["fingerprint"]))
+
+    @property
+    def scan_ids(self) -> tuple[str, ...]:
+        return self.store.scan_ids
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __contains__(self, scan_id: object) -> bool:
+        return scan_id in self.store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.store)
+
+    def read(self, scan_id: str) -> np.ndarray:
+        """(N, D) features of one scan: as stored, or reconstructed from its PCA coefficients."""
+        if self.basis is None:
+            return self.store.read(scan_id, ["feature"])["feature"]
+        return self.basis.reconstruct(self.store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])

@@ -1,0 +1,59 @@
+"""The `distill:` params section: how the student is trained, read as it is by the loop and the schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.precision import Precision
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation of the student from the cached teacher features (ScaLR+ recipe).
+
+    The schedule (`pipeline.training.schedule`) warms up linearly for `warmup_epochs`, decays
+    as a reciprocal square root with timescale `rsqrt_timescale_epochs`, and cools down
+    linearly to 0 over the last `cooldown_epochs`; AdamW with `lr` and `weight_decay`.
+    `batch_size` is the global batch: under torchrun the processes share it, and the result
+    is the single process's (`pipeline.training.ddp`).
+
+    max_points, augment: the training augmentations (`augment: false` trains on the scans as
+    they are), with at most `max_points` points kept per scan.
+    precision: fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only).
+    gradient_checkpointing: recompute the student's block activations in the backward pass.
+    checkpoint_every_epochs: save the training state every this many epochs, so an
+    interrupted run continues from there (`pipeline.training.checkpoint`).
+    """
+
+    epochs: int = 65
+    batch_size: int = 8
+    lr: float = 0.002
+    weight_decay: float = 0.03
+    warmup_epochs: float = 1.0
+    rsqrt_timescale_epochs: float = 0.45
+    cooldown_epochs: float = 2.0
+    max_points: int = 20000
+    augment: bool = True
+    seed: int = 0
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    checkpoint_every_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_epochs < 1:
+            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_epochs <= self.cooldown_start_epoch <= self.epochs:
+            raise ValueError(
+                "need 0 <= warmup_epochs <= epochs and cooldown_epochs >= 0, got warmup_epochs "
+                f"{self.warmup_epochs}, epochs {self.epochs}, cooldown_epochs {self.cooldown_epochs}")
+        if self.rsqrt_timescale_epochs <= 0:
+            raise ValueError(f"rsqrt_timescale_epochs must be > 0, got {self.rsqrt_timescale_epochs}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+
+    @property
+    def cooldown_start_epoch(self) -> float:
+        """Where the linear cooldown starts: `cooldown_epochs` before the end, never inside the warmup."""
+        return max(self.epochs - self.cooldown_epochs, self.warmup_epochs)

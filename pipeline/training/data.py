@@ -1,0 +1,146 @@
+"""The training data of the distillation: scans and their teacher targets, read from the caches.
+
+* `DistillSample`: one training scan and its teacher targets, in their compact cached form.
+* `SourceLoader`: the samples of one distillation source (a split of one dataset), from its
+  assignment store and its teacher-feature stores (`patches`, `taps`).
+* `DistillationSet`: every source as one training set, what the loop (`pipeline.training.loop`)
+  draws from.
+* `run_fingerprint`: what makes two distillation runs one run, hashed, so a checkpoint of
+  another run is never resumed.
+
+Nothing here knows where the caches live: the stage passes each source's folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.assignments import combine_taps
+from pipeline.datasets.base import ScanReader
+from pipeline.store.ragged import RaggedReader
+from pipeline.students import StudentConfig
+from pipeline.datasets.base import IntensityStats
+from pipeline.training.config import DistillConfig
+
+
+@dataclass(frozen=True)
+class DistillSample:
+    """One training scan and its teacher targets, kept in their compact cached form.
+
+    points: float32 (N, 4) x, y, z, intensity.
+    intensity_stats: the standardisation of its dataset's intensity (each dataset of a merged
+        distillation set has its own).
+    target_row: int64 (N,) assignment row that teaches each point, -1 when none does.
+    patch_features: (U, D) teacher features of the patches the assignments read.
+    tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
+        weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
+        training step keeps, a few thousand of the scan's tens of thousands.
+    """
+
+    points: np.ndarray
+    intensity_stats: IntensityStats
+    target_row: np.ndarray
+    patch_features: torch.Tensor
+    tap: torch.Tensor
+    weight: torch.Tensor
+
+    def targets(self, rows: np.ndarray) -> torch.Tensor:
+        """(len(rows), D) float32 teacher features of the given assignment rows."""
+        index = torch.from_numpy(rows)
+        return combine_taps(self.patch_features, self.tap[index], self.weight[index])
+
+
+class SourceLoader:
+    """Loads training scans of one distillation source: points, and the teacher target of each
+    assigned point.
+
+    key: the source's name in the set (scan ids there are `<key>/<scan id>`).
+    reader: the dataset reader of the source's split; intensity_stats: its dataset's.
+    assignments: its assignment store; teacher_features: the folder of its teacher-feature
+        stores, `patches` and `taps`.
+    """
+
+    def __init__(self, key: str, reader: ScanReader, intensity_stats: IntensityStats, assignments: Path,
+                 teacher_features: Path) -> None:
+        self.key = key
+        self.reader = reader
+        self.intensity_stats = intensity_stats
+        self.assignments = RaggedReader(assignments)
+        self.patches = RaggedReader(teacher_features / "patches")
+        self.taps = RaggedReader(teacher_features / "taps")
+        self.dim = self.patches.columns["feature"].inner_shape[0]
+
+    def __call__(self, scan_id: str) -> DistillSample:
+        points = self.reader.read(scan_id).points
+        point_index = self.assignments.read(scan_id, ["point_index"])["point_index"]
+        taps = self.taps.read(scan_id)
+        target_row = np.full(len(points), -1, dtype=np.int64)
+        target_row[point_index] = np.arange(len(point_index))
+        return DistillSample(
+            points=points,
+            intensity_stats=self.intensity_stats,
+            target_row=target_row,
+            patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
+            tap=torch.from_numpy(taps["tap"]),
+            weight=torch.from_numpy(taps["weight"]),
+        )
+
+    def identity(self) -> list:
+        """The assignment and teacher feature attributes, scans and row counts of this source."""
+        return [self.key, self.assignments.attributes, self.assignments.scan_ids,
+                self.assignments.offsets.tolist(), self.patches.attributes, self.patches.offsets.tolist()]
+
+
+class DistillationSet:
+    """The scans of every distillation source as one training set.
+
+    A scan's id here is `<source key>/<scan id>`, so scans of different datasets never clash.
+    """
+
+    def __init__(self, loaders: Sequence[SourceLoader]) -> None:
+        self.loaders = list(loaders)
+        teachers = {loader.key: (loader.patches.attributes.get("teacher", ""), loader.dim) for loader in self.loaders}
+        if len(set(teachers.values())) > 1:
+            stores = ", ".join(str(loader.patches.path) for loader in self.loaders)
+            raise ValueError(f"{stores}: the distillation sources were encoded by different teachers "
+                             f"{teachers}; rerun `dvc repro teacher_features`")
+        self.teacher, self.dim = next(iter(teachers.values()))
+        self._scans = {f"{loader.key}/{scan_id}": (loader, scan_id)
+                       for loader in self.loaders for scan_id in loader.assignments.scan_ids}
+        self.scan_ids = tuple(self._scans)
+
+    def __call__(self, scan_id: str) -> DistillSample:
+        loader, source_scan_id = self._scans[scan_id]
+        return loader(source_scan_id)
+
+
+def run_fingerprint(config: DistillConfig, data: DistillationSet, *, student: StudentConfig, dataset: Any,
+                    distill_datasets: Mapping[str, Any]) -> str:
+    """What makes two distill runs one run, hashed: a checkpoint of another run is ignored.
+
+    The params the stage reads (`dataset`, `distill_datasets`: the params sections of those
+    names) and the identity of its data: the assignment and teacher feature attributes (the
+    teacher id includes a hash of its weights), the scans and their row counts. Left out: what
+    does not change the result, so changing it keeps the checkpoint (turning gradient
+    checkpointing on after running out of memory, say): how often to checkpoint, gradient
+    checkpointing and the number of processes.
+    """
+    distill = asdict(config)
+    for setting in ("checkpoint_every_epochs", "gradient_checkpointing"):
+        del distill[setting]
+    identity = {
+        "dataset": asdict(dataset),
+        "distill_datasets": {name: asdict(d) for name, d in distill_datasets.items()},
+        "student": asdict(student),
+        "distill": distill,
+        "sources": [loader.identity() for loader in data.loaders],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
