@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_params  # noqa: E402
 from pipeline.datasets import open_reader  # noqa: E402
+from pipeline.datasets.base import IGNORE_LABEL  # noqa: E402
 from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label  # noqa: E402
 from pipeline.labelling.feature_pca import FeaturePcaConfig, reduce_store  # noqa: E402
 from pipeline.labelling.point_features import PointFeatureReader  # noqa: E402
@@ -63,7 +64,8 @@ def main() -> None:
     if full.basis is not None:
         raise SystemExit(f"{POINT_FEATURES / split} already holds PCA coefficients; give a chain with full features")
     full_store = full.store
-    truth = {s: reader.read(s).labels for s in full_store.scan_ids}
+    records = (reader.read(s) for s in full_store.scan_ids)  # truth per raw point, like the features' rows
+    truth = {r.scan_id: r.to_raw(r.labels, IGNORE_LABEL) for r in records}
     full_labels = {s: to_eval[classifier.predict(full.read(s))] for s in full_store.scan_ids}
 
     def miou(labels: dict) -> float:

@@ -45,7 +45,7 @@ def main() -> None:
     runner = model if args.plain else model.for_inference(args.precision)
     compute = PointFeatureComputer(runner, reader, params.dataset.intensity_stats(), torch.device("cpu"))
     start = time.perf_counter()
-    features = compute(scan_id)
+    features, _ = compute(scan_id)
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     what = "plain module" if args.plain else f"folded {args.precision}"

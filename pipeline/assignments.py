@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.config_loading import require
 from pipeline.datasets.base import ScanRecord
 from pipeline.geometry import PointPixels, project_to_cameras
 from pipeline.teachers.upsampling import bilinear_taps
@@ -42,6 +43,9 @@ class AssignmentsConfig:
     min_depth: float = 1.0
     occlusion_cell: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self, non_negative=("min_depth", "occlusion_cell", "seed"))
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.devices import DeviceChoice, resolve_device
-from pipeline.store.atomic import AtomicPath
+from pipeline.store.atomic import AtomicPath, disk_full_error
 from pipeline.store.ragged import Chunking, ColumnSpec, RaggedPartWriter, finish_ragged, scans_per_block
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,9 @@ class ShardedOutput:
     """
 
     def __init__(self, path: str | Path, scan_ids: Sequence[str], world: World, *,
-                 chunking: Chunking = Chunking()) -> None:
+                 chunking: Chunking = Chunking(), scratch: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.scratch = scratch  # where the shared temporary lives (`pipeline.store.atomic`)
         self.world = world
         self.all_scan_ids = tuple(scan_ids)
         self.scans_per_block = scans_per_block(len(self.all_scan_ids))
@@ -224,10 +225,10 @@ class ShardedOutput:
     def __enter__(self) -> ShardedOutput:
         token = secrets.randbits(62)
         if self.world.is_main:
-            AtomicPath(self.path, f"{token:016x}").tmp.mkdir()
+            AtomicPath(self.path, f"{token:016x}", self.scratch).tmp.mkdir()
         # Shared after the mkdir: the others only write into the directory once it exists.
         token = self.world.share(token)
-        self._atomic = AtomicPath(self.path, f"{token:016x}")
+        self._atomic = AtomicPath(self.path, f"{token:016x}", self.scratch)
         return self
 
     def ragged(self, name: str | None, columns: Mapping[str, ColumnSpec | tuple], *,
@@ -266,10 +267,13 @@ class ShardedOutput:
         # Everyone waits for rank 0's commit or cleanup, so no rank ends (and gets its
         # siblings stopped by torchrun) while rank 0 is still at it.
         unfinished = world.failed_ranks(error is None)
-        if exc_type is not None:
-            return  # this rank's own error propagates
+        if exc_type is not None:  # this rank's own error propagates (a full disk naming the artifact)
+            named = disk_full_error(exc, self.path)
+            if named is not None:
+                raise named from exc
+            return
         if error is not None:
-            raise error
+            raise disk_full_error(error, self.path) or error
         if failed or unfinished:
             ranks = ", ".join(str(r) for r in failed or unfinished)
             raise RuntimeError(f"rank {ranks} of {world.size} failed writing {self.path}; "

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config_loading import require
+
 IGNORE_LABEL = 255
 
 
@@ -30,6 +32,9 @@ class EvaluateConfig:
     evaluation split get a bird's-eye picture of prediction against truth."""
 
     preview_scans: int = 3
+
+    def __post_init__(self) -> None:
+        require(self, non_negative=("preview_scans",))
 
 
 def confusion_matrix(

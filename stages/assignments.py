@@ -20,6 +20,7 @@ from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, World, launched
 from pipeline.seeding import scan_id_rng
 from pipeline.teachers import teacher_patch_size
+from pipeline.kill_switch import kill_point
 from stages.common import (
     ASSIGNMENTS,
     SplitSource,
@@ -27,6 +28,7 @@ from stages.common import (
     run_command,
     split_sources,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -49,15 +51,16 @@ def write_split(params, source: SplitSource, out: Path, world: World) -> dict:
         "input_size": list(params.teacher.input_size),
         "patch_size": patch,
     }
-    with ShardedOutput(out, reader.scan_ids, world) as output, \
+    with ShardedOutput(out, reader.scan_ids, world, scratch=stage_scratch("assignments")) as output, \
          output.ragged(None, COLUMNS, attributes=attributes) as writer:
-        for scan_id in tqdm(output.scan_ids, desc=f"assignments {source.key}", unit="scan",
-                            disable=not world.is_main):
+        for done, scan_id in enumerate(tqdm(output.scan_ids, desc=f"assignments {source.key}", unit="scan",
+                                            disable=not world.is_main), start=1):
             record = reader.read(scan_id)
             result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
                                    scan_id_rng(cfg.seed, scan_id), cfg.occlusion_cell)
             writer.append(scan_id, point_index=result.point_index, camera=result.camera,
                           pixel=result.pixel, patch=result.patch)
+            kill_point("assignments", done)
             points += len(record.points)
             assigned += len(result)
             dropped += record.dropped_points

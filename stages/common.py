@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -19,6 +20,8 @@ import yaml
 
 from pipeline.config import Params, load_params
 from pipeline.datasets import DatasetConfig
+from pipeline.distributed import world_from_env
+from pipeline.store.atomic import remove_path
 
 log = logging.getLogger("stages")
 
@@ -41,6 +44,10 @@ LOSS_PICTURE = PLOTS / "distill" / "train_loss.png"
 POINT_FEATURES = CACHE / "point_features"  # /<split>/
 PREDICTIONS = CACHE / "predictions"  # /<split>/
 PICTURES = PLOTS / "evaluate"
+# The stages' temporaries, one folder per stage, outside every DVC out (and every dependency):
+# a killed stage leaves its half-written artifact here, never inside an output, and the stage
+# clears its folder when it starts again.
+TEMPORARIES = CACHE / ".tmp"
 
 
 @dataclass(frozen=True)
@@ -81,13 +88,30 @@ def stage_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not NaN or infinite (neither means anything as an option)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def stage_scratch(name: str) -> Path:
+    """The folder for the temporaries of stage `name` (`pipeline.store.atomic`)."""
+    return TEMPORARIES / name.split()[0]
+
+
 def start_stage(name: str, args: argparse.Namespace) -> Params:
-    """Set up logging and load the validated params; call first in every stage's main."""
+    """Set up logging, clear the stage's stale temporaries and load the validated params; call
+    first in every stage's main."""
     level = logging.DEBUG if args.verbose or os.environ.get("IGLOSS_VERBOSE") else logging.INFO
     logging.basicConfig(level=level, format=f"[{name}] %(message)s", force=True)
     for noisy in ("urllib3", "PIL", "matplotlib", "filelock", "h5py", "numcodecs", "zarr", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return load_project_params(args.params)
+    params = load_project_params(args.params)
+    if world_from_env().rank == 0:  # before any rank of this run has written a temporary
+        remove_path(stage_scratch(name))
+    return params
 
 
 def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
@@ -159,8 +183,6 @@ def run_command(main: Callable[[], None]) -> None:
         if verbose_requested():
             raise
         text = " ".join(str(error).split()) or type(error).__name__
-        name = type(error).__name__
-        known = ("ConfigError", "DatasetError", "ValueError", "FileNotFoundError")
-        print(f"error: {text}" if name in known else f"error ({name}): {text}", file=sys.stderr)
+        print(f"error: {text}", file=sys.stderr)
         print("(run with --verbose for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None

@@ -46,6 +46,7 @@ from stages.common import (
     human_size,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("distill", args)
     cfg = params.distill
+    scratch = stage_scratch("distill")
     with summary("distill") as facts:
         data = distillation_set(params)
         arch = params.student.arch
@@ -84,16 +86,16 @@ def main(argv: list[str] | None = None) -> None:
                                       checkpoints=checkpoints, world=world)
         if not world.is_main:
             return
-        with atomic_output(STUDENT) as tmp:
+        with atomic_output(STUDENT, scratch) as tmp:
             save_student(tmp, model, {"teacher": data.teacher,
                                       "epochs": cfg.epochs, "steps": len(history),
                                       "final_loss": history[-1].loss})
-        with atomic_output(LOSS_LOG) as tmp:
+        with atomic_output(LOSS_LOG, scratch) as tmp:
             with tmp.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
                 writer.writeheader()
                 writer.writerows(asdict(r) for r in history)
-        with atomic_output(LOSS_PICTURE) as tmp:
+        with atomic_output(LOSS_PICTURE, scratch) as tmp:
             save_loss_curve([r.step for r in history], [r.loss for r in history], [r.lr for r in history], tmp)
         checkpoints.clear()  # the run is done; a finished checkpoint could only mislead a later run
         facts["read"] = ", ".join(f"{loader.key} {len(loader.assignments)} scans" for loader in data.loaders)

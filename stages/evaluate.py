@@ -6,9 +6,17 @@ Three results on the evaluation split, each against the dataset's labels (255 ig
 - `3d`: the student's labels on all points;
 - `3d_visible`: the student's labels on the points some camera sees;
 - `2d_baseline`: teacher features projected onto those same visible points.
-Writes metrics/metrics.json (mIoU, oAcc, mAcc, per-class IoU of each), metrics/per_class_iou.csv
-and metrics/confusion_3d.csv (DVC plots), and pictures under plots/evaluate/: per-class IoU bars,
-the normalised confusion matrix, and bird's-eye views of prediction against truth.
+Points the reader dropped for NaN/inf coordinates have no prediction (255 in both columns of
+the predictions, which keep one row per raw point): they are left out of every result, like
+points whose truth is 255, and `dropped_points` in metrics.json counts them per stage:
+`point_features` (rows the point-feature store flags not valid, as the label stage read them),
+`label` (predictions left at 255) and `labelled` (of those, points whose truth is a class: the
+points nobody could label; `num_points` of `3d` plus `labelled` is every labelled point).
+Predictions at 255 anywhere but at the scan's non-finite points are stale: rerun the pipeline.
+Writes metrics/metrics.json (mIoU, oAcc, mAcc, per-class IoU of each; `dropped_points`),
+metrics/per_class_iou.csv and metrics/confusion_3d.csv (DVC plots), and pictures under
+plots/evaluate/: per-class IoU bars, the normalised confusion matrix, and bird's-eye views of
+prediction against truth.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.datasets import open_reader
-from pipeline.datasets.base import IGNORE_LABEL
+from pipeline.datasets.base import IGNORE_LABEL, ScanRecord
 from pipeline.metrics import ConfusionAccumulator
 from pipeline.store.atomic import atomic_output, save_json
 from pipeline.store.ragged import RaggedReader
@@ -33,6 +41,7 @@ from stages.common import (
     log,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -41,7 +50,7 @@ RESULTS = ("3d", "3d_visible", "2d_baseline")
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with atomic_output(path) as tmp:
+    with atomic_output(path, stage_scratch("evaluate")) as tmp:
         with tmp.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
@@ -65,18 +74,23 @@ def main(argv: list[str] | None = None) -> None:
         predictions = RaggedReader(PREDICTIONS / split)
         accumulators = {name: ConfusionAccumulator(len(classes)) for name in RESULTS}
         preview_ids = evenly_spaced(predictions.scan_ids, params.evaluate.preview_scans)
+        dropped = {"point_features": predictions.attributes.get("dropped_points"), "label": 0, "labelled": 0}
         pictures = []
         # The pictures folder is written whole or not at all, like every other output.
-        with atomic_output(PICTURES) as picture_dir:
+        with atomic_output(PICTURES, stage_scratch("evaluate")) as picture_dir:
             picture_dir.mkdir(parents=True)
             for scan_id in tqdm(predictions.scan_ids, desc=f"evaluate {split}", unit="scan"):
                 record = reader.read(scan_id)
                 if record.labels is None:
                     raise ValueError(f"scan {scan_id} of split {split!r} has no labels to evaluate against")
                 predicted = predictions.read(scan_id)
-                if len(predicted["label"]) != len(record.labels):
+                if len(predicted["label"]) != record.raw_count:
                     raise ValueError(f"{PREDICTIONS / split}: scan {scan_id} has {len(predicted['label'])} "
-                                     f"predictions for {len(record.labels)} points; rerun the pipeline")
+                                     f"predictions for {record.raw_count} points; rerun the pipeline")
+                predicted = without_dropped(predicted, record, PREDICTIONS / split)
+                if record.dropped is not None:
+                    dropped["label"] += record.dropped.count
+                    dropped["labelled"] += record.dropped.labelled
                 truth = record.labels
                 visible = predicted["baseline"] != IGNORE_LABEL
                 accumulators["3d"].add(predicted["label"], truth)
@@ -95,18 +109,38 @@ def main(argv: list[str] | None = None) -> None:
             save_confusion_heatmap(results["3d"].confusion, classes, picture_dir / "confusion_3d.png",
                                    f"3D labels on {split}, rows normalised")
             pictures += ["per_class_iou.png", "confusion_3d.png"]
-        write_metrics(results, classes)
+        write_metrics(results, classes, dropped)
         for name, m in results.items():
             log.info("%-12s mIoU %.3f  oAcc %.3f  mAcc %.3f  (%d points)", name, m.miou, m.oacc, m.macc, m.num_points)
         facts["read"] = f"{PREDICTIONS / split} ({len(predictions)} scans), truth from {params.dataset.root}"
         facts["mIoU"] = ", ".join(f"{name} {m.miou:.3f}" for name, m in results.items())
+        facts["dropped"] = (f"{dropped['label']} points with NaN/inf coordinates ({dropped['labelled']} of them "
+                            "labelled), left out of every result")
         facts["wrote"] = f"{METRICS} ({human_size(METRICS)}), {PICTURES} ({human_size(PICTURES)})"
 
 
-def write_metrics(results: dict, classes: tuple[str, ...]) -> None:
-    """metrics.json, and the per-class IoU and 3D confusion tables that `dvc plots` draws."""
+def without_dropped(predicted: dict[str, np.ndarray], record: ScanRecord, store: Path) -> dict[str, np.ndarray]:
+    """One scan's predictions (one row per raw point) at the reader's points only, checking that
+    the label stage left exactly the points with NaN/inf coordinates at 255."""
+    ignored = predicted["label"] == IGNORE_LABEL
+    if record.dropped is None:
+        if ignored.any():
+            raise ValueError(f"{store}: scan {record.scan_id} has {int(ignored.sum())} predictions at 255 "
+                             "(dropped) but no point with NaN/inf coordinates; rerun the pipeline")
+        return predicted
+    if not np.array_equal(ignored, record.dropped.mask()):
+        raise ValueError(f"{store}: scan {record.scan_id} has {int(ignored.sum())} predictions at 255 (dropped), "
+                         f"not its {record.dropped.count} points with NaN/inf coordinates; rerun the pipeline")
+    return {name: values[record.dropped.kept_index] for name, values in predicted.items()}
+
+
+def write_metrics(results: dict, classes: tuple[str, ...], dropped: dict) -> None:
+    """metrics.json (each result's metrics and `dropped_points`), and the per-class IoU and 3D
+    confusion tables that `dvc plots` draws."""
     METRICS.mkdir(exist_ok=True)
-    save_json(METRICS / "metrics.json", {name: m.to_dict() for name, m in results.items()})
+    save_json(METRICS / "metrics.json", {**{name: m.to_dict() for name, m in results.items()},
+                                         "dropped_points": dropped},
+              stage_scratch("evaluate"))
     write_csv(METRICS / "per_class_iou.csv", ["class", *RESULTS],
               [[c, *(_fmt(results[r].iou[i]) for r in RESULTS)] for i, c in enumerate(classes)])
     confusion = results["3d"].confusion

@@ -11,7 +11,10 @@ one label), and labels:
   features (see pipeline/labelling/feature_pca.py for why);
 - the 2D baseline: every point some camera sees, from the teacher feature of its pixel
   (`baseline`; 255 for points no camera sees), as OpenScene's 2D fusion does.
-Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan.
+Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan, one row per
+raw point of the scan file in file order, like the point features: the points the reader
+dropped for NaN/inf coordinates (`valid` false in the point features) get 255 in both
+columns, and their count is the store's attribute `dropped_points`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.assignments import combine_taps
 from pipeline.datasets.base import IGNORE_LABEL
+from pipeline.kill_switch import kill_point
 from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label
 from pipeline.labelling.point_features import PointFeatureReader
 from pipeline.store.ragged import RaggedReader, RaggedWriter
@@ -34,6 +38,7 @@ from stages.common import (
     human_size,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -53,25 +58,35 @@ def main(argv: list[str] | None = None) -> None:
         patches = RaggedReader(TEACHER_FEATURES / split / "patches")
         taps = RaggedReader(TEACHER_FEATURES / split / "taps")
         points = seen = 0
+        dropped = sum(int((~features.valid(scan_id)).sum()) for scan_id in features.scan_ids)
         columns = {"label": ("uint8", ()), "baseline": ("uint8", ())}
-        with RaggedWriter(out, columns, attributes={"method": params.label.method}) as writer:
-            for scan_id in tqdm(features.scan_ids, desc=f"label {split}", unit="scan"):
-                point_features = features.read(scan_id)
-                label = to_eval[classifier.predict(point_features)]
+        with RaggedWriter(out, columns, attributes={"method": params.label.method, "dropped_points": dropped},
+                          scratch=stage_scratch("label")) as writer:
+            for done, scan_id in enumerate(tqdm(features.scan_ids, desc=f"label {split}", unit="scan"), start=1):
+                point_features, valid = features.read(scan_id), features.valid(scan_id)
+                kept = None if valid.all() else np.flatnonzero(valid)  # raw index of the finite points
+                if kept is None:
+                    label = to_eval[classifier.predict(point_features)]
+                else:
+                    label = np.full(len(valid), IGNORE_LABEL, dtype=np.uint8)
+                    label[kept] = to_eval[classifier.predict(point_features[kept])]
                 tap = taps.read(scan_id)
                 pixel_features = combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
                                               torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
                 baseline = np.full(len(label), IGNORE_LABEL, dtype=np.uint8)
-                point_index = assignments.read(scan_id, ["point_index"])["point_index"]
+                point_index = assignments.read(scan_id, ["point_index"])["point_index"]  # of the finite points
                 if len(point_index):
-                    baseline[point_index] = to_eval[classifier.predict(pixel_features.numpy())]
+                    baseline[point_index if kept is None else kept[point_index]] = \
+                        to_eval[classifier.predict(pixel_features.numpy())]
                 writer.append(scan_id, label=label, baseline=baseline)
-                points += len(label)
+                kill_point("label", done)
+                points += len(label) if kept is None else len(kept)
                 seen += len(point_index)
         if features.basis is not None:
             facts["point features"] = (f"reconstructed from {features.basis.dims} PCA coefficients "
                                        f"({features.basis.explained:.2%} of the sample variance)")
-        facts[split] = f"{len(features)} scans, {points} points labelled, {seen} seen by a camera (2D baseline)"
+        facts[split] = (f"{len(features)} scans, {points} points labelled, {seen} seen by a camera (2D baseline), "
+                        f"{dropped} dropped for NaN/inf coordinates (label 255)")
         facts["wrote"] = f"{out} ({human_size(out)})"
 
 

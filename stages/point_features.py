@@ -9,9 +9,11 @@ needed); a WaffleIron runs folded for inference, in `point_features.precision`. 
 pre-processed as the student expects (WaffleIron: 0.1 m voxels, first
 point per voxel, cropped to the field of view; sparse UNet: its voxel grid) and run through
 it; every original point takes the output of its voxel, or of its nearest kept point.
-Writes cache/point_features/<split>/, a ragged zarr store of fp16 (N, D) per scan. Points
-outside the field of view still get the feature of their nearest kept point; their count
-is reported. Under torchrun or srun, each rank computes its shard of the scans
+Writes cache/point_features/<split>/, a ragged zarr store of fp16 (N, D) per scan, one row per
+raw point of the scan file in file order, and a bool column `valid`: False at the points the
+reader dropped for NaN/inf coordinates (no feature: their rows are zeros; their count is
+reported). Points outside the field of view still get the feature of their nearest kept
+point; their count is reported. Under torchrun or srun, each rank computes its shard of the scans
 (pipeline.distributed).
 
 With `point_features.pca.dims: k`, the store holds k fp16 PCA coefficients per point
@@ -31,7 +33,9 @@ from tqdm import tqdm
 
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, launched
+from pipeline.kill_switch import kill_point
 from pipeline.labelling.feature_pca import (
+    VALID_COLUMN,
     PcaBasis,
     basis_attributes,
     encode,
@@ -47,6 +51,7 @@ from stages.common import (
     human_size,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     out = POINT_FEATURES / split
     basis_file = POINT_FEATURES / f"{split}.pca.safetensors"
     pca = params.point_features.pca
+    scratch = stage_scratch("point_features")
     with launched() as world, summary("point_features") as facts:  # this rank's GPU under torchrun
         model, source = load_feature_student(params.point_features, params.student, STUDENT, f"{args.params}:",
                                              world.device)
@@ -73,21 +79,24 @@ def main(argv: list[str] | None = None) -> None:
             basis = fit_basis(compute.sample(list(tqdm(sample, desc="pca sample", unit="scan",
                                                        disable=not world.is_main))), pca, dim)
             if world.is_main:
-                save_basis(basis_file, basis)  # before the store, which names it
+                save_basis(basis_file, basis, scratch)  # before the store, which names it
             attributes |= basis_attributes(basis, basis_file.name)
         elif world.is_main:
             basis_file.unlink(missing_ok=True)  # a basis of an earlier run must not outlive it
-        columns = reduced_columns(basis) if basis else {"feature": ("float16", (dim,))}
-        with ShardedOutput(out, reader.scan_ids, world) as output, \
+        columns = reduced_columns(basis) if basis else {"feature": ("float16", (dim,)), VALID_COLUMN: ("bool", ())}
+        with ShardedOutput(out, reader.scan_ids, world, scratch=scratch) as output, \
              output.ragged(None, columns, attributes=attributes) as writer:
-            for scan_id in tqdm(output.scan_ids, desc=f"point features {split}", unit="scan",
-                                disable=not world.is_main):
-                features = compute(scan_id)
-                writer.append(scan_id, **(encode(basis, features) if basis else {"feature": features}))
-        points, kept = world.sum([compute.points, compute.kept])
+            for done, scan_id in enumerate(tqdm(output.scan_ids, desc=f"point features {split}", unit="scan",
+                                                disable=not world.is_main), start=1):
+                features, valid = compute(scan_id)
+                writer.append(scan_id, **(encode(basis, features, valid) if basis else {"feature": features}),
+                              **{VALID_COLUMN: valid})
+                kill_point("point_features", done)
+        points, kept, dropped = world.sum([compute.points, compute.kept, compute.dropped])
         facts["student"] = (f"{type(model).__name__} {params.point_features.precision}"
                             + (f" from {source}" if params.point_features.checkpoint else ""))
-        facts[split] = f"{len(reader)} scans, {points} points ({kept} after voxelisation and crop)"
+        facts[split] = (f"{len(reader)} scans, {points} points ({kept} after voxelisation and crop, "
+                        f"{dropped} dropped for NaN/inf coordinates: no feature, valid false)")
         if basis is not None:
             facts["pca"] = f"{basis.dims} of {dim} dims keep {basis.explained:.2%} of the sample variance"
         facts["wrote"] = f"{POINT_FEATURES} ({human_size(POINT_FEATURES)})"

@@ -20,6 +20,7 @@ from stages.common import (
     log,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     with summary(f"prototypes {args.class_name}") as facts:
         images, source = make_prototype_images(params.prototypes, args.class_name,
                                                params.vocabulary[args.class_name].prompts)
-        with atomic_output(out) as tmp:
+        with atomic_output(out, stage_scratch("prototypes")) as tmp:
             tmp.mkdir(parents=True)
             write_prototype_folder(tmp, args.class_name, source, images)
         log.debug("manifest: %s", out / "manifest.json")

@@ -57,6 +57,7 @@ from stages.common import (
     PLOTS,
     POINT_FEATURES,
     TEMPLATES_FILE,
+    finite_float,
     log,
     run_command,
     stage_arguments,
@@ -72,7 +73,8 @@ QUERY_PICTURES = PLOTS / "query"  # /<names>.png
 class QueryOutcome:
     """What one query did, for tests and callers: the summary line in numbers.
 
-    match: (N,) int64 of the pictured scan: the index of the name each point matched, or -1.
+    match: (N,) int64 of the pictured scan, one per raw point: the index of the name each point
+        matched, or -1 (always for a point dropped for NaN/inf coordinates).
     prototype_seconds: generating and encoding the prototypes, or reading them from the cache.
     """
 
@@ -120,9 +122,17 @@ def warn_if_other_teacher(features: PointFeatureReader, teacher_id: str) -> None
 
 def scan_match(scorer: QueryScorer, features: PointFeatureReader, scan_id: str,
                args) -> tuple[np.ndarray, np.ndarray]:
-    """(match, score) of every point of one scan."""
-    index, score = scorer.best(features.read(scan_id))
-    match = select_matches(index, score, len(scorer.names), args.threshold, args.top_k)
+    """(match, score) of every raw point of one scan; a point dropped for NaN/inf coordinates (no
+    feature) matches nothing (score NaN)."""
+    point_features, valid = features.read(scan_id), features.valid(scan_id)
+    if valid.all():
+        index, score = scorer.best(point_features)
+        return select_matches(index, score, len(scorer.names), args.threshold, args.top_k), score
+    index, kept_score = scorer.best(point_features[valid])
+    match = np.full(len(valid), UNMATCHED, dtype=np.int64)
+    match[valid] = select_matches(index, kept_score, len(scorer.names), args.threshold, args.top_k)
+    score = np.full(len(valid), np.nan, dtype=kept_score.dtype)
+    score[valid] = kept_score
     return match, score
 
 
@@ -145,7 +155,7 @@ def arguments():
     parser.add_argument("names", nargs="+", help="one or more free-text class names, e.g. car \"traffic cone\"")
     parser.add_argument("--scan", help="scan id of the evaluation split to picture (default: the one with most matches)")
     select = parser.add_mutually_exclusive_group()
-    select.add_argument("--threshold", type=float,
+    select.add_argument("--threshold", type=finite_float,
                         help="match above this score (default 0 for vocabulary scoring; required with --absolute)")
     select.add_argument("--top-k", type=int, help="match each name's k best-scoring points per scan")
     parser.add_argument("--absolute", action="store_true",
@@ -153,7 +163,8 @@ def arguments():
     parser.add_argument("--prompt", action="append",
                         help="prompt template, '{}' is the name (repeatable; default: the vocabulary's, or "
                              f"{DEFAULT_PROMPTS[0]!r})")
-    parser.add_argument("--out", type=Path, help="picture path (default: plots/query/<names>.png)")
+    parser.add_argument("--out", type=Path, help="picture path, or an existing folder to put <names>.png in "
+                                                 "(default: plots/query/<names>.png)")
     return parser
 
 
@@ -172,6 +183,8 @@ def main(argv: list[str] | None = None) -> QueryOutcome:
         args.threshold = 0.0
     params = start_stage("query", args)
     out = args.out or QUERY_PICTURES / f"{slug(names)}.png"
+    if out.is_dir():  # a folder the user names keeps what it holds: the picture goes inside
+        out = out / f"{slug(names)}.png"
     with summary("query") as facts:
         # Every input is checked before any model loads.
         for name in names:
@@ -193,12 +206,13 @@ def main(argv: list[str] | None = None) -> QueryOutcome:
         scan_id, why = pick_scan(scorer, features, args)
         match, _ = scan_match(scorer, features, scan_id, args)
         record = open_reader(params.dataset, params.dataset.eval_split).read(scan_id)
-        if len(record.points) != len(match):
+        if record.raw_count != len(match):
             raise QueryError(f"{features.path}: scan {scan_id} has {len(match)} point "
-                             f"features for {len(record.points)} points; run `dvc repro point_features`")
+                             f"features for {record.raw_count} points; run `dvc repro point_features`")
         rule = f"top {args.top_k} per name" if args.top_k else f"{mode.value} score > {args.threshold:g}"
         with atomic_output(out) as tmp:
-            save_query_picture(record, match, names, [p.images for p in prototypes], tmp,
+            pictured = match if record.dropped is None else match[record.dropped.kept_index]  # the finite points
+            save_query_picture(record, pictured, names, [p.images for p in prototypes], tmp,
                                f"query {', '.join(names)} on scan {scan_id} ({rule})")
         counts = {name: int((match == i).sum()) for i, name in enumerate(names)}
         hits = sum(p.cached for p in prototypes)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline.assignments import ScanAssignments, needed_patches, patch_taps
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, World, launched
+from pipeline.kill_switch import kill_point
 from pipeline.store.ragged import RaggedReader
 from pipeline.teachers import Teacher, build_teacher
 from stages.common import (
@@ -32,6 +33,7 @@ from stages.common import (
     run_command,
     split_sources,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -51,12 +53,13 @@ def write_split(params, teacher: Teacher, source: SplitSource, out: Path, world:
     batch_size = params.teacher_features.batch_size
     attributes = {"teacher": teacher.teacher_id, "mode": mode, "grid": list(grid), "dim": dim}
     images = patches_kept = 0
-    with ShardedOutput(out, assignments.scan_ids, world) as output, \
+    with ShardedOutput(out, assignments.scan_ids, world, scratch=stage_scratch("teacher_features")) as output, \
          output.ragged("patches", {"feature": ("float16", (dim,)), "patch_id": ("int32", ())},
                        attributes=attributes) as patch_store, \
          output.ragged("taps", {"tap": ("int32", (4,)), "weight": ("float16", (4,))},
                        attributes=attributes) as tap_store:
-        for scan_id in tqdm(output.scan_ids, desc=f"teacher {source.key}", unit="scan", disable=not world.is_main):
+        for done, scan_id in enumerate(tqdm(output.scan_ids, desc=f"teacher {source.key}", unit="scan",
+                                            disable=not world.is_main), start=1):
             cameras = reader.read(scan_id).cameras
             needed = needed_patches(patch_taps(read_assignments(assignments, scan_id), grid,
                                                teacher.patch_size, mode))
@@ -64,12 +67,15 @@ def write_split(params, teacher: Teacher, source: SplitSource, out: Path, world:
             features = torch.zeros(len(cameras), dim, grid[0] * grid[1])
             for start in range(0, len(used), batch_size):
                 batch = used[start:start + batch_size]
-                pixels = torch.stack([teacher.load_image(cameras[c].image_path) for c in batch])
+                # Each image at the size its calibration (and so the assignments) is for, never stretched.
+                pixels = torch.stack([teacher.load_image(cameras[c].image_path, (cameras[c].height, cameras[c].width))
+                                      for c in batch])
                 features[torch.as_tensor(batch)] = teacher.patch_features(pixels).flatten(2).cpu()
             flat = features.permute(0, 2, 1).reshape(-1, dim)
             patch_store.append(scan_id, feature=flat[torch.as_tensor(needed.patch_id)].numpy(),
                                patch_id=needed.patch_id)
             tap_store.append(scan_id, tap=needed.tap, weight=needed.weight)
+            kill_point("teacher_features", done)
             images += len(used)
             patches_kept += len(needed.patch_id)
     images, patches_kept = world.sum([images, patches_kept])

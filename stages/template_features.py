@@ -27,6 +27,7 @@ from stages.common import (
     human_size,
     run_command,
     stage_arguments,
+    stage_scratch,
     start_stage,
     summary,
 )
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
             sheet[class_name] = images
         TEMPLATES_FILE.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(TEMPLATES_FILE, {"features": np.concatenate(features), "labels": np.concatenate(labels)},
-                         {"class_names": list(params.class_names), "teacher": teacher.teacher_id})
-        with atomic_output(PROTOTYPE_PICTURES) as picture_dir:
+                         {"class_names": list(params.class_names), "teacher": teacher.teacher_id},
+                         stage_scratch("template_features"))
+        with atomic_output(PROTOTYPE_PICTURES, stage_scratch("template_features")) as picture_dir:
             picture_dir.mkdir(parents=True)
             save_contact_sheet(sheet, picture_dir / "contact_sheet.png")
         facts["classes"] = len(params.class_names)

@@ -90,12 +90,14 @@ def scratch_clone(folder: Path, params: dict) -> Path:
     return folder
 
 
-def run_dvc(folder: Path, *args: str, path_first: Path | None = None) -> subprocess.CompletedProcess:
+def run_dvc(folder: Path, *args: str, path_first: Path | None = None,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`dvc <args>` in `folder` with the venv's bin on PATH (stage commands run `python`);
-    `path_first` goes before it (see `stage_tripwire`). Returns the finished process."""
+    `path_first` goes before it (see `stage_tripwire`); `env_extra` adds environment
+    variables. Returns the finished process."""
     bin_dir = Path(sys.executable).parent
     path = os.pathsep.join(str(p) for p in (path_first, bin_dir, os.environ["PATH"]) if p)
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=path)
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", PATH=path, **(env_extra or {}))
     return subprocess.run([str(bin_dir / "dvc"), *args], cwd=folder, env=env, capture_output=True, text=True)
 
 

@@ -73,3 +73,49 @@ def test_preset_switches_never_overwrite_earlier_edits(tmp_path):
                                                                           "params.previous.2.yaml"}
     ignored = (REPO / ".gitignore").read_text()
     assert "/params.previous*.yaml" in ignored
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("batch_size", 0, "must be > 0, got 0"),
+    ("epochs", 0, "must be > 0, got 0"),
+    ("lr", -1, "must be > 0, got -1.0"),
+    ("max_points", 0, "must be > 0, got 0"),
+])
+def test_distill_values_are_checked_at_load_naming_the_key(tmp_path, key, value, problem):
+    params = small_params()
+    params["distill"][key] = value
+    with pytest.raises(ConfigError, match=rf"params.yaml: distill.{key}: {problem}"):
+        load_params(write_params(tmp_path, params))
+
+
+@pytest.mark.parametrize("section, key", [("template_features", "batch_size"), ("teacher_features", "batch_size"),
+                                          ("prototypes", "images_per_class")])
+def test_batch_and_count_values_are_checked_at_load_naming_the_key(tmp_path, section, key):
+    params = small_params()
+    params[section][key] = 0
+    with pytest.raises(ConfigError, match=rf"params.yaml: {section}.{key}: must be > 0, got 0"):
+        load_params(write_params(tmp_path, params))
+
+
+# ----------------------------------------------------------------------------- outputs the user names
+
+
+def test_a_folder_is_never_replaced_by_a_file(tmp_path):
+    from pipeline.store.atomic import atomic_output
+
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / "keep.png").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match=r"plots: is a folder and would be replaced by a file; left as it was"):
+        with atomic_output(folder) as tmp:
+            tmp.write_bytes(b"picture")
+    assert (folder / "keep.png").read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["plots"]  # no temporary left either
+
+
+def test_query_threshold_must_be_finite(capsys):
+    from stages import query
+
+    with pytest.raises(SystemExit):
+        query.arguments().parse_args(["car", "--threshold", "nan"])
+    assert "argument --threshold: must be a finite number, got 'nan'" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_basis_file_round_trips_with_its_fingerprint(tmp_path):
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ConfigError, match=r"point_features.pca: pca dims must be >= 1"):
+    with pytest.raises(ConfigError, match=r"point_features.pca.dims: must be >= 1"):
         build(FeaturePcaConfig, {"dims": 0}, "params.yaml: point_features.pca")
     with pytest.raises(ConfigError, match=r"point_features.pca.sample: unknown key"):
         build(FeaturePcaConfig, {"sample": 3}, "params.yaml: point_features.pca")
@@ -126,7 +126,7 @@ def test_label_stage_labels_a_reduced_store_like_the_full_one(chain, tmp_path):
     basis = reduce_store(chain / "cache/point_features/val", store, folder / "cache/point_features/val.pca.safetensors",
                          FeaturePcaConfig(dims=32, sample_scans=4, points_per_scan=2048))
     reduced = RaggedReader(store)
-    assert list(reduced.columns) == [PCA_COLUMN] and reduced.columns[PCA_COLUMN].inner_shape == (32,)
+    assert list(reduced.columns) == [PCA_COLUMN, "valid"] and reduced.columns[PCA_COLUMN].inner_shape == (32,)
     assert reduced.attributes["pca"]["fingerprint"] == basis.fingerprint()
     with inside(folder):
         run_stage("label")

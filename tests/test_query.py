@@ -124,3 +124,14 @@ def test_missing_point_features_say_which_stage_to_run(world, tmp_path):
     shutil.copytree(folder, copy, symlinks=True, ignore=shutil.ignore_patterns("point_features"))
     with inside(copy), pytest.raises(QueryError, match=r"dvc repro point_features"):
         query.main(["car"])
+
+
+def test_out_naming_a_folder_writes_inside_it_and_keeps_its_files(world):
+    """`python -m stages.query car --out plots` once replaced the folder plots/ with one PNG."""
+    folder, _ = world
+    with inside(folder):
+        Path("pictures").mkdir()
+        Path("pictures/keep.png").write_bytes(b"precious")
+        outcome = query.main(["car", "--out", "pictures"])
+        assert outcome.picture == Path("pictures/car.png") and outcome.picture.is_file()
+        assert Path("pictures/keep.png").read_bytes() == b"precious"

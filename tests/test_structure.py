@@ -64,3 +64,35 @@ def test_the_rules_see_imports_inside_functions(tmp_path):
     module = tmp_path / "stage.py"
     module.write_text("def main():\n    from stages.label import read\n    import stages.query\n")
     assert project_imports(module) == [(2, "stages.label"), (2, "stages.label.read"), (3, "stages.query")]
+
+
+def test_a_stage_owned_section_needs_no_change_to_the_library(tmp_path):
+    """A new stage's own params section is accepted once dvc.yaml declares it, and typed by the
+    stage with `Params.section`; an undeclared section stays an error naming it."""
+    from dataclasses import dataclass
+
+    import yaml
+    from chain_runner import small_params, write_params
+
+    from pipeline.config import ConfigError
+    from stages.common import load_project_params
+
+    @dataclass(frozen=True)
+    class ProbeConfig:
+        epochs: int = 3
+        lr: float = 0.1
+
+    params = small_params()
+    params["linear_probe"] = {"epochs": 5}
+    write_params(tmp_path, params)
+    with pytest.raises(ConfigError, match=r"params.yaml: linear_probe: unknown section"):
+        load_project_params(tmp_path / "params.yaml")
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    dvc["stages"]["linear_probe"] = {"cmd": "python -m stages.linear_probe", "params": ["linear_probe", "dataset"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    loaded = load_project_params(tmp_path / "params.yaml")
+    assert loaded.section("linear_probe", ProbeConfig) == ProbeConfig(epochs=5, lr=0.1)
+    params["linear_probe"] = {"epochs": 5, "momentum": 0.9}
+    write_params(tmp_path, params)
+    with pytest.raises(ConfigError, match=r"params.yaml: linear_probe.momentum: unknown key"):
+        load_project_params(tmp_path / "params.yaml").section("linear_probe", ProbeConfig)

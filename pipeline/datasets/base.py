@@ -51,22 +51,74 @@ class CameraView:
     height: int
 
 
+@dataclass(frozen=True)
+class DroppedPoints:
+    """The raw points of a scan file that a reader removed for NaN/inf values (`drop_non_finite`).
+
+    raw_count: points in the file. kept_index: int64 (n,) ascending, the raw index of each
+    point the reader kept (row i of `ScanRecord.points` is raw point kept_index[i]).
+    labels: int64 evaluation labels of the dropped points, in raw order (None when unlabelled).
+    """
+
+    raw_count: int
+    kept_index: np.ndarray
+    labels: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        return self.raw_count - len(self.kept_index)
+
+    @property
+    def labelled(self) -> int:
+        """Dropped points whose truth is a class (not IGNORE_LABEL): points no stage can label."""
+        return 0 if self.labels is None else int((self.labels != IGNORE_LABEL).sum())
+
+    def mask(self) -> np.ndarray:
+        """bool (raw_count,): True at the dropped points."""
+        dropped = np.ones(self.raw_count, dtype=bool)
+        dropped[self.kept_index] = False
+        return dropped
+
+
 @dataclass
 class ScanRecord:
     """One lidar scan.
 
-    points: float32 (N, 4) x, y, z, intensity in the lidar frame.
+    points: float32 (N, 4) x, y, z, intensity in the lidar frame: the file's finite points, in
+        file order (every per-point index of the pipeline's caches, e.g. the assignments'
+        `point_index`, indexes these rows).
     labels: int64 (N,) evaluation labels (IGNORE_LABEL = 255), or None when unlabelled.
     cameras: the calibrated cameras of the scan (possibly empty).
     scan_id: a stable key (nuScenes: the lidar sample_data token; KITTI: "seq/frame").
-    dropped_points: how many raw points were removed as non-finite (always reported).
+    dropped: the raw points removed as non-finite (always logged), None when there were none
+        (then row i of `points` is raw point i). The artifacts a user reads keep one row per
+        raw point: `to_raw` puts per-point values back in raw order.
     """
 
     scan_id: str
     points: np.ndarray
     labels: np.ndarray | None
     cameras: list[CameraView] = field(default_factory=list)
-    dropped_points: int = 0
+    dropped: DroppedPoints | None = None
+
+    @property
+    def dropped_points(self) -> int:
+        """How many raw points were removed as non-finite."""
+        return 0 if self.dropped is None else self.dropped.count
+
+    @property
+    def raw_count(self) -> int:
+        """Points in the scan's file, finite or not."""
+        return len(self.points) if self.dropped is None else self.dropped.raw_count
+
+    def to_raw(self, values: np.ndarray, fill) -> np.ndarray:
+        """Per-point `values` (one row per row of `points`) as one row per raw point, in raw
+        order, `fill` at the dropped points; `values` itself when no point was dropped."""
+        if self.dropped is None:
+            return values
+        raw = np.full((self.dropped.raw_count, *values.shape[1:]), fill, dtype=values.dtype)
+        raw[self.dropped.kept_index] = values
+        return raw
 
 
 class ScanReader:
@@ -128,13 +180,18 @@ def check_image_exists(path: Path) -> Path:
 
 def drop_non_finite(
     scan_id: str, points: np.ndarray, labels: np.ndarray | None, source: Path
-) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Remove points with NaN or inf coordinates, counting and logging every drop."""
+) -> tuple[np.ndarray, np.ndarray | None, DroppedPoints | None]:
+    """Remove points with NaN or inf values, logging every drop; returns the kept points and
+    labels and what was dropped (None when every point is finite: points come back as given)."""
     finite = np.isfinite(points).all(axis=1)
-    dropped = int((~finite).sum())
-    if dropped:
-        log.warning("%s: dropped %d of %d points with NaN/inf values (scan %s)",
-                    source, dropped, len(points), scan_id)
-        points = points[finite]
-        labels = None if labels is None else labels[finite]
-    return points, labels, dropped
+    count = int((~finite).sum())
+    if not count:
+        return points, labels, None
+    if count == len(points):  # no point left: every stage would fail later, naming no file
+        raise DatasetError(f"{source}: all {count} points have NaN or infinite values (scan {scan_id}); "
+                           "the point file is damaged")
+    log.warning("%s: dropped %d of %d points with NaN/inf values (scan %s)",
+                source, count, len(points), scan_id)
+    dropped = DroppedPoints(len(points), np.flatnonzero(finite).astype(np.int64),
+                            None if labels is None else labels[~finite])
+    return points[finite], None if labels is None else labels[finite], dropped

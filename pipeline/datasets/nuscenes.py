@@ -130,7 +130,7 @@ class NuScenesReader(ScanReader):
             points=points,
             labels=labels,
             cameras=self._cameras(lidar),
-            dropped_points=dropped,
+            dropped=dropped,
         )
 
     def _cameras(self, lidar: dict) -> list[CameraView]:

@@ -4,7 +4,8 @@ Layout: `<root>/sequences/<NN>/{velodyne/*.bin, labels/*.label, image_2/*.png, c
 Points are float32 x, y, z, remission; labels are uint32 with the semantic id in the low
 16 bits (the high 16 bits are the instance id). The camera is image_2, projected with
 P2 * Tr from calib.txt. Splits come from `<root>/splits.json` when present (the demo world
-ships one), else the official sequence lists.
+ships one), else the official sequence lists. A sequence is labelled whole (every scan has its
+`.label`) or not at all (like the official test sequences); a partly labelled one is an error.
 """
 
 from __future__ import annotations
@@ -70,6 +71,43 @@ def camera_from_calib(calib: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     return intrinsics, shift @ lidar_to_rect
 
 
+def sequence_is_labelled(folder: Path, frames: list[str]) -> bool:
+    """Whether the sequence at `folder` is labelled; a labelled one must label every frame.
+
+    A sequence without any `.label` file is unlabelled (as SemanticKITTI's test sequences are)
+    and legal. One with some `.label` files but not all has lost files, whose scans would
+    otherwise read as unlabelled and silently shrink an evaluation: an error naming the first
+    missing file.
+    """
+    labels = folder / "labels"
+    present = {p.stem for p in labels.glob("*.label")} if labels.is_dir() else set()
+    if not present:
+        return False
+    missing = [frame for frame in frames if frame not in present]
+    if missing:
+        have = len(frames) - len(missing)
+        raise DatasetError(
+            f"{labels / (missing[0] + '.label')}: label file is missing, but {have} other "
+            f"{'scan' if have == 1 else 'scans'} of sequence {folder.name} {'has' if have == 1 else 'have'} labels "
+            f"({len(missing)} of {len(frames)} scans lack one); restore the missing files, or remove {labels} "
+            "to read the sequence as unlabelled"
+        )
+    return True
+
+
+def read_label_file(path: Path, point_count: int) -> np.ndarray:
+    """The raw uint32 labels of a `.label` file, one per point of its scan; errors name the file."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: label file is missing, though the other scans of its sequence have labels")
+    size = path.stat().st_size
+    if size % 4:
+        raise DatasetError(f"{path}: size {size} bytes is not a multiple of 4 (uint32 labels); "
+                           "the file is truncated or has trailing bytes")
+    raw = np.fromfile(path, dtype=np.uint32)
+    check_label_count(path, raw, point_count)
+    return raw
+
+
 class SemanticKittiReader(ScanReader):
     """Scan records of one split of a SemanticKITTI-format dataset."""
 
@@ -84,12 +122,16 @@ class SemanticKittiReader(ScanReader):
             raise DatasetError(f"{sequences_dir}: SemanticKITTI sequences folder is missing")
         self.scan_ids: list[str] = []
         self._camera: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._labelled: set[str] = set()  # the sequences with labels (every scan of them has one)
         for sequence in self._split_sequences():
             velodyne = sequences_dir / sequence / "velodyne"
             if not velodyne.is_dir():
                 raise DatasetError(f"{velodyne}: sequence folder of split {split!r} is missing")
             self._camera[sequence] = camera_from_calib(read_calib(sequences_dir / sequence / "calib.txt"))
-            self.scan_ids += [f"{sequence}/{p.stem}" for p in sorted(velodyne.glob("*.bin"))]
+            frames = [p.stem for p in sorted(velodyne.glob("*.bin"))]
+            if sequence_is_labelled(sequences_dir / sequence, frames):
+                self._labelled.add(sequence)
+            self.scan_ids += [f"{sequence}/{frame}" for frame in frames]
         if not self.scan_ids:
             raise DatasetError(f"{sequences_dir}: split {split!r} selects no scan")
 
@@ -107,10 +149,9 @@ class SemanticKittiReader(ScanReader):
         point_path = folder / "velodyne" / f"{frame}.bin"
         points = read_float32_records(point_path, 4)
         labels = None
-        label_path = folder / "labels" / f"{frame}.label"
-        if label_path.is_file():
-            raw = np.fromfile(label_path, dtype=np.uint32)
-            check_label_count(label_path, raw, len(points))
+        if sequence in self._labelled:
+            label_path = folder / "labels" / f"{frame}.label"
+            raw = read_label_file(label_path, len(points))
             labels = self.label_map(raw & 0xFFFF, label_path).astype(np.int64)
         points, labels, dropped = drop_non_finite(scan_id, points, labels, point_path)
         image_path = check_image_exists(folder / "image_2" / f"{frame}.png")

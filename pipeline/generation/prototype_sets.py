@@ -13,6 +13,7 @@ from typing import Literal, Sequence
 
 from PIL import Image
 
+from pipeline.config_loading import FieldError, require
 from pipeline.generation.diffusers_backend import DiffusersConfig
 from pipeline.generation.blank import generate_class_images
 from pipeline.generation.image_folder import load_class_images
@@ -43,10 +44,9 @@ class PrototypesConfig:
     diffusers: DiffusersConfig = field(default_factory=DiffusersConfig)
 
     def __post_init__(self) -> None:
-        if self.images_per_class < 1:
-            raise ValueError("images_per_class must be >= 1")
+        require(self, positive=("images_per_class", "image_size"), non_negative=("seed",))
         if self.source == "folder" and not self.folder:
-            raise ValueError("source 'folder' needs prototypes.folder")
+            raise FieldError("folder", "source 'folder' needs prototypes.folder (the root of <index>_<class> folders)")
 
 
 def make_prototype_images(cfg: PrototypesConfig, name: str, prompts: Sequence[str]) -> tuple[list, str]:

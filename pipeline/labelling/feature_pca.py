@@ -14,8 +14,9 @@ How it is used:
    `fit_basis` does all three for an iterable of (scan id, features).
 2. `PcaAccumulator.fit(k)` gives a `PcaBasis`: the sample mean and the top-k eigenvectors
    of the sample covariance, each with a fixed sign, so one sample gives one basis.
-3. A writer stores `encode(basis, features)`: the (N, k) coefficients, fp16, in column
-   `PCA_COLUMN` (`reduced_columns`); the basis as safetensors (`save_basis`); and
+3. A writer stores `encode(basis, features, valid)`: the (N, k) coefficients, fp16, in column
+   `PCA_COLUMN` (`reduced_columns`; zeros at rows `VALID_COLUMN` marks dropped, and only
+   valid rows are sampled for the basis); the basis as safetensors (`save_basis`); and
    `basis_attributes(...)` in the store's attributes: the basis file's name and its
    fingerprint, so a reader never pairs coefficients with another basis.
 4. A reader calls `basis.reconstruct(codes)`: mean + codes @ components, an (N, D) feature
@@ -42,10 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config_loading import FieldError, require
 from pipeline.store.ragged import RaggedReader, RaggedWriter, scans_per_block
 from pipeline.store.safetensors import load_safetensors, safetensors_bytes, save_safetensors
 
 PCA_COLUMN = "feature_pca"  # the ragged column of (N, k) coefficients; full stores use "feature"
+# Every point-feature store, full or reduced, has one row per raw point of a scan and this bool
+# column: False at the points the reader dropped for NaN/inf coordinates (their rows are zeros).
+VALID_COLUMN = "valid"
 BASIS_FORMAT = "igloss-pca"
 BASIS_VERSION = 1
 
@@ -68,9 +73,8 @@ class FeaturePcaConfig:
 
     def __post_init__(self) -> None:
         if self.dims is not None and self.dims < 1:
-            raise ValueError(f"pca dims must be >= 1 or null (full features), got {self.dims}")
-        if self.sample_scans < 1 or self.points_per_scan < 1:
-            raise ValueError("pca sample_scans and points_per_scan must be >= 1")
+            raise FieldError("dims", f"must be >= 1 or null (full features), got {self.dims}")
+        require(self, positive=("sample_scans", "points_per_scan"), non_negative=("seed",))
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,9 @@ def fit_basis(scans: Iterable[tuple[str, np.ndarray]], config: FeaturePcaConfig,
     return accumulator.fit(config.dims)
 
 
-def save_basis(path: str | Path, basis: PcaBasis) -> str:
-    """Write the basis as safetensors (atomically); return its fingerprint."""
-    save_safetensors(path, basis.tensors(), basis.metadata())
+def save_basis(path: str | Path, basis: PcaBasis, scratch: str | Path | None = None) -> str:
+    """Write the basis as safetensors (atomically, through `scratch`); return its fingerprint."""
+    save_safetensors(path, basis.tensors(), basis.metadata(), scratch)
     return basis.fingerprint()
 
 
@@ -237,16 +241,35 @@ def basis_attributes(basis: PcaBasis, file_name: str) -> dict:
 
 
 def reduced_columns(basis: PcaBasis) -> dict[str, tuple[str, tuple[int]]]:
-    """The ragged columns of a reduced store: fp16 (N, k) coefficients."""
-    return {PCA_COLUMN: ("float16", (basis.dims,))}
+    """The ragged columns of a reduced store: fp16 (N, k) coefficients and the valid flags."""
+    return {PCA_COLUMN: ("float16", (basis.dims,)), VALID_COLUMN: ("bool", ())}
 
 
-def encode(basis: PcaBasis, features: np.ndarray) -> dict[str, np.ndarray]:
-    """One scan's row of a reduced store: {PCA_COLUMN: fp16 coefficients} of (N, D) features."""
+def encode(basis: PcaBasis, features: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One scan's coefficients in a reduced store: {PCA_COLUMN: fp16 (N, k)} of (N, D) features.
+    With `valid` (N,) bool, only the valid rows are projected; the others get zero codes."""
+    if valid is not None and not valid.all():
+        codes = np.zeros((len(features), basis.dims), dtype=np.float16)
+        codes[valid] = encode(basis, features[valid])[PCA_COLUMN]
+        return {PCA_COLUMN: codes}
     codes = basis.project(features)
     if codes.size and np.abs(codes).max() > np.finfo(np.float16).max:
         raise ValueError(f"PCA coefficients up to {np.abs(codes).max():.3g} overflow float16")
     return {PCA_COLUMN: codes.astype(np.float16)}
+
+
+def _full_rows(source: RaggedReader, scan_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, valid) of one scan of a full store (every row valid in a store without the column)."""
+    if VALID_COLUMN not in source.columns:
+        features = source.read(scan_id, ["feature"])["feature"]
+        return features, np.ones(len(features), dtype=bool)
+    rows = source.read(scan_id, ["feature", VALID_COLUMN])
+    return rows["feature"], rows[VALID_COLUMN]
+
+
+def _valid_rows(features: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The rows of the points that have a feature (what the basis is fitted on)."""
+    return features if valid.all() else features[valid]
 
 
 def reduce_store(full: str | Path, reduced: str | Path, basis_file: str | Path, config: FeaturePcaConfig) -> PcaBasis:
@@ -262,12 +285,13 @@ def reduce_store(full: str | Path, reduced: str | Path, basis_file: str | Path, 
         raise ValueError(f"the basis {basis_file} must sit beside the store {reduced}")
     source = RaggedReader(full)
     sample = sample_scan_ids(source.scan_ids, config.sample_scans)
-    basis = fit_basis(((s, source.read(s, ["feature"])["feature"]) for s in sample), config,
+    basis = fit_basis(((s, _valid_rows(*_full_rows(source, s))) for s in sample), config,
                       source.columns["feature"].inner_shape[0])
     save_basis(basis_file, basis)
     attributes = {**source.attributes, **basis_attributes(basis, basis_file.name)}
     with RaggedWriter(reduced, reduced_columns(basis), attributes=attributes,
                       scans_per_block=scans_per_block(len(source.scan_ids))) as writer:
         for scan_id in source.scan_ids:
-            writer.append(scan_id, **encode(basis, source.read(scan_id, ["feature"])["feature"]))
+            features, valid = _full_rows(source, scan_id)
+            writer.append(scan_id, **encode(basis, features, valid), **{VALID_COLUMN: valid})
     return basis

@@ -7,6 +7,10 @@ the store's attributes with the fingerprint it must have (`pipeline.labelling.fe
 `PointFeatureReader` reads both the same way: `read(scan_id)` is the (N, D) features a
 classifier fitted on the full template features labels (reconstructed from the coefficients
 for a reduced store).
+
+Both kinds hold one row per raw point of the scan file, in file order, and a bool column
+`VALID_COLUMN`: False at the points the reader dropped for NaN/inf coordinates, whose rows are
+zeros (`valid(scan_id)`; a store without the column, written by hand, counts every row valid).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.labelling.feature_pca import PCA_COLUMN, PcaBasis, load_basis
+from pipeline.labelling.feature_pca import PCA_COLUMN, VALID_COLUMN, PcaBasis, load_basis
 from pipeline.store.ragged import RaggedReader
 
 
@@ -49,7 +53,18 @@ class PointFeatureReader:
         return iter(self.store)
 
     def read(self, scan_id: str) -> np.ndarray:
-        """(N, D) features of one scan: as stored, or reconstructed from its PCA coefficients."""
+        """(N, D) features of every raw point of one scan: as stored, or reconstructed from its
+        PCA coefficients; zeros at the dropped points (`valid`)."""
         if self.basis is None:
             return self.store.read(scan_id, ["feature"])["feature"]
-        return self.basis.reconstruct(self.store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])
+        features = self.basis.reconstruct(self.store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])
+        valid = self.valid(scan_id)
+        if not valid.all():
+            features[~valid] = 0
+        return features
+
+    def valid(self, scan_id: str) -> np.ndarray:
+        """(N,) bool: False at the points dropped for NaN/inf coordinates (no feature)."""
+        if VALID_COLUMN not in self.store.columns:
+            return np.ones(self.store.scan_rows(scan_id), dtype=bool)
+        return self.store.read(scan_id, [VALID_COLUMN])[VALID_COLUMN]

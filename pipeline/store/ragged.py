@@ -47,7 +47,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
-from pipeline.store.atomic import AtomicPath, remove_path
+from pipeline.store.atomic import AtomicPath, disk_full_error, remove_path
 
 RAGGED_FORMAT = "igloss-ragged"
 RAGGED_VERSION = 2
@@ -308,8 +308,9 @@ class RaggedWriter:
     """Write per-scan variable-length arrays into one ragged store, atomically, in one process.
 
     Args:
-        path: the final directory; written through a temporary sibling and renamed into
-            place by `close()` (or removed on error when used as a context manager).
+        path: the final directory; written through a temporary (in `scratch`, else beside
+            it) and renamed into place by `close()` (or removed on error when used as a
+            context manager).
         columns: name -> `ColumnSpec` or (dtype, inner_shape). Names are identifiers.
         attributes: JSON-able metadata for readers (e.g. teacher id); no timestamps, so
             identical inputs give identical bytes.
@@ -333,10 +334,11 @@ class RaggedWriter:
         chunk_bytes: int = Chunking.chunk_bytes,
         chunks_per_shard: int | None = Chunking.chunks_per_shard,
         compression_level: int = Chunking.compression_level,
+        scratch: str | Path | None = None,
     ) -> None:
         self.columns = _column_specs(columns)
         self.attributes = dict(attributes or {})
-        self._atomic = AtomicPath(path)
+        self._atomic = AtomicPath(path, scratch=scratch)
         self._atomic.tmp.mkdir()
         self._blocks = _BlockWriter(self._atomic.tmp, self.columns, scans_per_block,
                                     Chunking(chunk_bytes, chunks_per_shard, compression_level))
@@ -364,8 +366,11 @@ class RaggedWriter:
             self._blocks.close()
             finish_ragged(self._atomic.tmp, self.columns, self._scan_ids, self._blocks.scans_per_block,
                           self.attributes)
-        except BaseException:
+        except BaseException as error:
             self._atomic.abort()
+            named = disk_full_error(error, self._atomic.target)
+            if named is not None:
+                raise named from error
             raise
         return self._atomic.commit()
 
@@ -380,6 +385,9 @@ class RaggedWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            named = disk_full_error(exc, self._atomic.target)  # a full disk names the store
+            if named is not None:
+                raise named from exc
         elif self._open:
             self.close()
 

@@ -65,13 +65,15 @@ def save_safetensors(
     path: str | Path,
     tensors: Mapping[str, np.ndarray | torch.Tensor],
     metadata: Mapping[str, Any] | None = None,
+    scratch: str | Path | None = None,
 ) -> None:
-    """Write tensors (numpy arrays or torch tensors) and metadata atomically.
+    """Write tensors (numpy arrays or torch tensors) and metadata atomically (through `scratch`,
+    see `pipeline.store.atomic`).
 
     Metadata values that are not str are JSON-encoded; decode them with json.loads.
     """
     data = safetensors_bytes(tensors, metadata)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, scratch) as tmp:
         tmp.write_bytes(data)
 
 

@@ -4,7 +4,9 @@
 weights (the distilled student, or a released ScaLR checkpoint in a WaffleIron), and
 `PointFeatureComputer` runs the student (as `Student.for_inference` builds it) over one scan at a
 time: the scan is prepared as the student expects, run, and every original point takes the output
-of its voxel or of its nearest kept point (`PreparedInput.back_projection`).
+of its voxel or of its nearest kept point (`PreparedInput.back_projection`). Its result has one
+row per raw point of the scan file, in file order: a point the reader dropped for NaN/inf
+coordinates has no feature (a row of zeros, flagged False in `valid`).
 """
 
 from __future__ import annotations
@@ -68,29 +70,39 @@ def load_feature_student(config: PointFeaturesConfig, student: StudentConfig, st
 
 
 class PointFeatureComputer:
-    """The student over one scan at a time: (N, D) fp16 features of every original point."""
+    """The student over one scan at a time: (N, D) fp16 features of every raw point.
+
+    Counts, over the calls: `points` (raw), `kept` (after voxelisation and crop) and `dropped`
+    (non-finite coordinates: no feature).
+    """
 
     def __init__(self, model: InferenceStudent, reader: ScanReader, stats: IntensityStats,
                  device: torch.device) -> None:
         self.model, self.reader, self.stats, self.device = model, reader, stats, device
-        self.points = self.kept = 0
+        self.points = self.kept = self.dropped = 0
 
-    def __call__(self, scan_id: str) -> np.ndarray:
+    def __call__(self, scan_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) fp16 features and (N,) bool valid of every raw point of the scan, in file
+        order; rows of the points dropped for NaN/inf coordinates are zeros and not valid."""
         record = self.reader.read(scan_id)
         scan = self.model.config.prepare(record.points, self.stats)
         with torch.inference_mode():
             output = self.model.run_batch([scan], self.device)[0]
             per_point = output[torch.from_numpy(scan.back_projection).to(self.device)]
-        self.points += len(record.points)
+        self.points += record.raw_count
         self.kept += scan.num_points
-        return per_point.half().cpu().numpy()
+        self.dropped += record.dropped_points
+        features = record.to_raw(per_point.half().cpu().numpy(), 0)
+        return features, record.to_raw(np.ones(len(record.points), dtype=bool), False)
 
     def sample(self, scan_ids: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """(scan id, features) of the given scans, counted apart from the split's totals."""
-        points, kept = self.points, self.kept
+        """(scan id, features of its valid points) of the given scans, counted apart from the
+        split's totals."""
+        counts = self.points, self.kept, self.dropped
         for scan_id in scan_ids:
-            yield scan_id, self(scan_id)
-        self.points, self.kept = points, kept
+            features, valid = self(scan_id)
+            yield scan_id, features if valid.all() else features[valid]
+        self.points, self.kept, self.dropped = counts
 
 
 __all__ = ["PointFeatureComputer", "PointFeaturesConfig", "load_feature_student"]

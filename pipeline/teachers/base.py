@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from pipeline.config_loading import require
 from pipeline.teachers.images import ImageLike
 
 
@@ -59,8 +60,9 @@ class Teacher(Protocol):
         """(h, w) patch grid of a camera image at the input size."""
         ...
 
-    def load_image(self, source: ImageLike) -> torch.Tensor:
-        """A camera image resized to the input size: (3, H, W) float32 in [0, 1]."""
+    def load_image(self, source: ImageLike, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A camera image resized to the input size: (3, H, W) float32 in [0, 1]. expected_size:
+        the (H, W) its calibration is for; an image of another size is an error naming it."""
         ...
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -78,12 +80,18 @@ class TemplateFeaturesConfig:
 
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        require(self, positive=("batch_size",))
+
 
 @dataclass(frozen=True)
 class TeacherFeaturesConfig:
     """The `teacher_features` stage: camera images the teacher encodes per batch."""
 
     batch_size: int = 6
+
+    def __post_init__(self) -> None:
+        require(self, positive=("batch_size",))
 
 
 def file_sha256(path: str | Path, length: int = 16) -> str:

@@ -272,9 +272,10 @@ class TimmViTTeacher:
         # Cloning outside inference mode gives an ordinary tensor the caller may edit in place.
         return out[-1].float().clone()
 
-    def load_image(self, source: ImageLike) -> torch.Tensor:
-        """A camera image resized to the teacher input size: (3, H, W) float32 in [0, 1]."""
-        return load_image(source, self.config.input_size)
+    def load_image(self, source: ImageLike, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A camera image resized to the teacher input size: (3, H, W) float32 in [0, 1];
+        expected_size: the (H, W) its calibration is for (`images.load_image`)."""
+        return load_image(source, self.config.input_size, expected_size)
 
     def encode_templates(self, images: Sequence[ImageLike], batch_size: int = 8) -> np.ndarray:
         """One L2-normalised-per-pixel, pixel-averaged vector per prototype image: (M, D) float32.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config_loading import require
 from pipeline.precision import Precision
 
 
@@ -40,18 +41,13 @@ class DistillConfig:
     checkpoint_every_epochs: int = 1
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every_epochs < 1:
-            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        require(self, positive=("epochs", "batch_size", "lr", "rsqrt_timescale_epochs", "max_points",
+                                "checkpoint_every_epochs"),
+                non_negative=("weight_decay", "warmup_epochs", "cooldown_epochs", "seed"))
         if not 0 <= self.warmup_epochs <= self.cooldown_start_epoch <= self.epochs:
             raise ValueError(
                 "need 0 <= warmup_epochs <= epochs and cooldown_epochs >= 0, got warmup_epochs "
                 f"{self.warmup_epochs}, epochs {self.epochs}, cooldown_epochs {self.cooldown_epochs}")
-        if self.rsqrt_timescale_epochs <= 0:
-            raise ValueError(f"rsqrt_timescale_epochs must be > 0, got {self.rsqrt_timescale_epochs}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
     @property
     def cooldown_start_epoch(self) -> float:

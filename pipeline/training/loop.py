@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.distributed import World
+from pipeline.kill_switch import kill_point
 from pipeline.precision import autocast, enable_gradient_checkpointing, grad_scaler
 from pipeline.seeding import epoch_scan_rng
 from pipeline.students import Student
@@ -147,6 +148,7 @@ def distill_student(
                                     int(total_pairs))
                 scheduler.step()
                 history.append(record)
+                kill_point("distill", len(history))
                 if on_step:
                     on_step(record)
                 progress.update()

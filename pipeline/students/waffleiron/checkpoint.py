@@ -34,6 +34,42 @@ def _list_keys(keys: set[str], limit: int = 20) -> str:
     return ", ".join(shown) + more
 
 
+# How a torch.save file begins: a zip archive (torch >= 1.6), or the legacy format's pickled
+# magic number (protocol 2+: PROTO n, LONG1 of 10 bytes, then the number).
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file, judged from its first bytes; None when it may be."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if not head:
+        return "the file is empty"
+    if head.startswith(_ZIP_SIGNATURE):
+        return None
+    if head[:1] == b"\x80" and head[2:4] == b"\x8a\x0a" and head[4:14] == _LEGACY_MAGIC:
+        return None
+    return (f"neither the zip archive nor the legacy file torch.save writes: its {path.stat().st_size} bytes "
+            f"begin {head[:8]!r}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _damage(error: BaseException) -> str:
+    """What torch.load said of a damaged file, without its advice on weights_only."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported operand" in line:
+            return line
+    said = [line for line in lines if "weights_only" not in line and "WeightsUnpickler" not in line]
+    first = said[0] if said else (lines[0] if lines else "no message")
+    return first.split(". ")[0].rstrip(".")  # torch's first sentence; the rest is advice
+
+
 def load_scalr_checkpoint(path: str | Path, model: nn.Module, allow_unsafe_pickle: bool = False) -> int | None:
     """Load the `model_point` weights of a ScaLR / ScaLR+ `ckpt_last.pth` into `model`, strictly.
 
@@ -47,16 +83,26 @@ def load_scalr_checkpoint(path: str | Path, model: nn.Module, allow_unsafe_pickl
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    reason = _not_a_checkpoint(path)
+    if reason is not None:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not allow_unsafe_pickle:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(
-                f"{path}: torch.load(weights_only=True) refuses this file ({first_line}). Full unpickling "
-                "can run arbitrary code; pass allow_unsafe_pickle=True only for a file you trust."
-            ) from error
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            if "Unsupported operand" in str(error):  # not a pickle opcode: damaged, not unsafe
+                raise
+            if not allow_unsafe_pickle:
+                raise CheckpointError(
+                    f"{path}: torch.load(weights_only=True) refuses this file ({_first_line(error)}). Full "
+                    "unpickling can run arbitrary code; pass allow_unsafe_pickle=True only for a file you trust."
+                ) from error
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+    except CheckpointError:
+        raise
+    except Exception as error:  # a truncated archive, a damaged pickle: EOFError, RuntimeError, ...
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a damaged one "
+                              f"({type(error).__name__}: {_damage(error)})") from error
 
     if not isinstance(payload, Mapping) or "model_point" not in payload:
         found = sorted(payload)[:10] if isinstance(payload, Mapping) else type(payload).__name__
