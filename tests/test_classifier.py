@@ -14,6 +14,7 @@ from pipeline.labelling.classifier import (
     fit_classifier,
     fit_logistic,
     fit_nearest_prototype,
+    float32_margin,
     l2_normalize,
 )
 
@@ -92,3 +93,69 @@ def test_bad_templates_fail_clearly():
         fit_logistic(features, np.zeros(4, dtype=int))
     with pytest.raises(ValueError, match="method must be one of"):
         fit_classifier("svm", features, np.array([0, 1, 0, 1]))
+
+
+def _near_tie_classifier(rng, dim: int, num_classes: int = 6, eps: float = 1e-6) -> LinearClassifier:
+    """Class 1 is class 0 moved by eps (every point that picks either is a near-tie: their logits
+    differ by ~eps, far below float32 rounding); class 3 is class 2 exactly (a tie: the first wins)."""
+    weight = rng.standard_normal((num_classes, dim))
+    bias = rng.standard_normal(num_classes) * 0.1
+    weight[1], bias[1] = weight[0] + eps * rng.standard_normal(dim), bias[0]
+    weight[3], bias[3] = weight[2], bias[2]
+    return LinearClassifier(weight, bias)
+
+
+def _hard_rows(rng, count: int, dim: int) -> np.ndarray:
+    """Random rows plus the ones the float32 path must leave to float64: zero, NaN, tiny, huge."""
+    features = rng.standard_normal((count, dim))
+    features[:4] = 0.0
+    features[4, 3] = np.nan
+    features[5] *= 1e-30  # norm below the float32 range
+    features[6] *= 1e30  # above it
+    return features
+
+
+@pytest.mark.parametrize("dim", [64, 1024])
+def test_float32_path_gives_the_float64_labels_also_at_near_ties(dim):
+    rng = np.random.default_rng(dim)
+    classifier = _near_tie_classifier(rng, dim)
+    hard = _hard_rows(rng, 6000, dim)
+    for dtype in (np.float32, np.float16):  # fp16: the tiny row becomes zero, the huge one inf
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            features = hard.astype(dtype)
+            reference = classifier.predict_float64(features)
+            np.testing.assert_array_equal(classifier.predict(features), reference)  # every row, exactly
+            np.testing.assert_array_equal(classifier.predict(features, block=7), reference)
+            # The near-ties are real: labels from float32 logits alone (no float64 re-check) differ.
+            x = features.astype(np.float32)
+            plain = ((x @ classifier.weight.T.astype(np.float32)) / np.linalg.norm(x, axis=1, keepdims=True)
+                     + classifier.bias.astype(np.float32)).argmax(axis=1)
+        assert (plain != reference).sum() > 10
+        assert set(reference[:4]) == {int(np.argmax(classifier.bias))}  # zero rows: the bias decides
+        assert 3 not in reference and 2 in reference  # the exact tie goes to class 2
+
+
+def test_float32_path_of_nearest_prototypes_at_near_ties():
+    rng = np.random.default_rng(3)
+    templates = rng.standard_normal((9, 128))
+    templates[4] = templates[0] + 1e-7 * rng.standard_normal(128)  # class 2's prototype ~ class 0's
+    classifier = fit_nearest_prototype(templates, np.array([0, 0, 1, 1, 2, 2, 3, 3, 3]))
+    features = np.concatenate([_hard_rows(rng, 3000, 128), templates[0] + 0.3 * rng.standard_normal((3000, 128))])
+    for dtype in (np.float32, np.float16):
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.testing.assert_array_equal(classifier.predict(features.astype(dtype)),
+                                          classifier.predict_float64(features.astype(dtype)))
+
+
+def test_float32_error_stays_within_its_bound():
+    """The margin `predict` trusts is twice a bound on each logit's float32 error: check the bound
+    holds on nuScenes-width features with large entries (the worst case of fp16)."""
+    rng = np.random.default_rng(5)
+    classifier = LinearClassifier(rng.standard_normal((16, 1024)) * 5, rng.standard_normal(16))
+    features = (rng.standard_normal((4000, 1024)) * 300).astype(np.float16).astype(np.float32)
+    exact = classifier.logits(features)
+    x = features @ classifier.weight.T.astype(np.float32)
+    approximate = x / np.linalg.norm(features, axis=1, keepdims=True) + classifier.bias
+    error = np.abs(approximate - exact).max()
+    bound = float32_margin(classifier.weight.T, classifier.bias) / 2
+    assert 0 < error < bound

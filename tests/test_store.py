@@ -271,3 +271,28 @@ def test_reader_names_old_and_foreign_stores(tmp_path):
     (path / "zarr.json").write_text(json.dumps(root))
     with pytest.raises(ValueError, match="is not an igloss-ragged store"):
         RaggedReader(path)
+
+
+def test_direct_read_decodes_what_zarr_decodes(tmp_path):
+    """RaggedReader decodes the writer's shards itself: zarr must read the same arrays, also where
+    scans straddle chunks and shards and where chunks were left unwritten (only the fill value)."""
+    scans = _scans()
+    scans[3][1]["feature"][:] = 0  # 300 rows: whole chunks (16 rows) and shards (32) of zeros
+    path = _write(tmp_path / "store", scans, **SMALL)
+    shards = list((path / "0" / "feature" / "c").iterdir())
+    assert len(shards) < -(-sum(len(a["camera"]) for _, a in scans) // 32)  # some were never written
+    direct, through_zarr = RaggedReader(path), RaggedReader(path, direct=False)
+    for scan_id, arrays in scans:
+        got, expected = direct.read(scan_id), through_zarr.read(scan_id)
+        for name in COLUMNS:
+            assert got[name].dtype == expected[name].dtype
+            np.testing.assert_array_equal(got[name], expected[name])
+        np.testing.assert_array_equal(got["feature"], arrays["feature"].astype(np.float16))
+    assert [type(a).__name__ for a in direct._arrays.values()] == ["_ShardedColumn"] * len(COLUMNS)
+    # A damaged shard index is caught by its checksum, naming the file.
+    shard = path / "0" / "camera" / "c" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"camera/c/0: the shard index fails its checksum"):
+        RaggedReader(path).read(scans[1][0])
