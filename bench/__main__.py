@@ -4,6 +4,7 @@
     python -m bench --quick               # tiny sizes, 2 runs: a smoke run of every benchmark (~1 min)
     python -m bench --only projection,student --runs 7 --out tmp/bench-gpu --device cuda
     python -m bench --fresh-clone --test-suite    # also the demo and the test suite from a fresh clone
+    python -m bench --only dataset_index          # opt-in: no-op `dvc repro` beside a 1 M-file nuScenes tree
 
 Benchmarks (see bench/README.md): projection, student, vocabulary, templates, overheads,
 scaling. The device is CUDA when torch sees one, else the CPU (`--device` overrides). The
@@ -27,13 +28,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 import pipeline  # noqa: E402,F401  (applies the torchvision shim before timm is imported)
-from bench import overheads, projection, scaling, student, templates, vocabulary  # noqa: E402
+from bench import dataset_index, overheads, projection, scaling, student, templates, vocabulary  # noqa: E402
 from bench.common import REPO, Section, environment  # noqa: E402
 from bench.report import Report  # noqa: E402
 from pipeline.demo_world import DemoWorldConfig, write_demo_world  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 
 BENCHMARKS = ("projection", "student", "vocabulary", "templates", "overheads", "scaling")
+OPT_IN = ("dataset_index",)  # run only when --only names them (minutes, 1 M files in /tmp)
 DEMO_VERSION = "v1.0-demo"
 
 
@@ -55,6 +57,7 @@ class Settings:
     vocabulary_classes: int | None  # None: every class of params.yaml
     vocabulary_images_per_class: int | None  # None: params.yaml's
     dvc_noop: bool
+    vocabulary_release_points: int = vocabulary.NUSCENES_POINTS_PER_SCAN  # per synthetic scan at nuScenes width
 
     @classmethod
     def full(cls, runs: int, student_depth: int) -> Settings:
@@ -63,7 +66,7 @@ class Settings:
 
     @classmethod
     def quick(cls, runs: int) -> Settings:
-        return cls(runs, "small", False, 32, 64, 32, 3, (1000, 2000, 4000), 16, 1, (64, 8, 8), 3, 1, False)
+        return cls(runs, "small", False, 32, 64, 32, 3, (1000, 2000, 4000), 16, 1, (64, 8, 8), 3, 1, False, 2048)
 
 
 def demo_world(path: Path | None, out: Path, size: str) -> Path:
@@ -83,16 +86,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "tmp" / "bench", help="report folder (default tmp/bench)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5, quick 2)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {BENCHMARKS}, or of the opt-in {OPT_IN}")
     parser.add_argument("--world", type=Path, default=None, help="an existing demo world folder (default: generated)")
     parser.add_argument("--student-depth", type=int, default=3, help="blocks measured, a multiple of 3 (default 3)")
     parser.add_argument("--full-depth", action="store_true", help="also one real depth-48 student forward")
     parser.add_argument("--fresh-clone", action="store_true", help="time `bash scripts/demo.sh` in a fresh clone")
     parser.add_argument("--test-suite", action="store_true", help="time `bash scripts/test.sh` in a fresh clone")
     args = parser.parse_args(argv)
-    unknown = set(args.only.split(",")) - set(BENCHMARKS)
+    unknown = set(args.only.split(",")) - set(BENCHMARKS + OPT_IN)
     if unknown:
-        parser.error(f"--only: unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+        parser.error(f"--only: unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS + OPT_IN}")
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be >= 1")
     return args
@@ -142,13 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         student_per_point = module.extrapolated().median / module.num_points
     attempt("vocabulary", lambda: vocabulary.run(world, scratch / "vocabulary", device, settings.runs,
                                                  student_per_point, settings.vocabulary_classes,
-                                                 settings.vocabulary_images_per_class))
+                                                 settings.vocabulary_images_per_class,
+                                                 settings.vocabulary_release_points))
     attempt("templates", lambda: templates.run(world, device, settings.runs, settings.template_images_per_class,
                                                settings.vocabulary_classes, settings.template_release_grid))
     attempt("overheads", lambda: overheads.run(scratch, out, settings.runs, settings.dvc_noop, args.fresh_clone,
                                                args.test_suite))
     attempt("scaling", lambda: scaling.run(nuscenes, DEMO_VERSION, scratch, device, settings.runs,
                                            settings.scaling_sizes, settings.scaling_width, settings.isolate))
+    index_keyframes = 300 if args.quick else dataset_index.DEFAULT_KEYFRAMES
+    attempt("dataset_index", lambda: dataset_index.run(Path("/tmp"), index_keyframes, settings.runs,
+                                                      1 if args.quick else 3))
     report.wall_seconds = time.perf_counter() - start
     json_path, md_path = report.write(out)
     print(f"[bench] wrote {md_path} and {json_path} in {report.wall_seconds:.0f} s")

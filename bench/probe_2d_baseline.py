@@ -2,7 +2,7 @@
 
 Generates a demo world, builds the small random teacher, encodes procedural exemplars as
 templates, fits the template classifiers and evaluates them on the val split through the
-project's real reader and projection (one random camera per point, as `assignments`).
+project's real reader and projection (every (point, camera) pair, as `assignments`).
 Rows, each with mIoU over the evaluation classes present in the truth and per-class IoU:
 
 * logistic / nearest_prototype: the real 2D baseline (templates only);
@@ -44,7 +44,6 @@ from pipeline.demo_world import DEMO_CLASS_NAMES, DemoWorldConfig, render_exempl
 from pipeline.generation.seeds import image_seed  # noqa: E402
 from pipeline.labelling.classifier import fit_classifier, l2_normalize  # noqa: E402
 from pipeline.metrics import ConfusionAccumulator  # noqa: E402
-from pipeline.seeding import scan_id_rng  # noqa: E402
 from pipeline.teachers import ArchitectureOverridesConfig, Teacher, TeacherConfig, build_teacher  # noqa: E402
 from pipeline.teachers.upsampling import pixel_features_at  # noqa: E402
 
@@ -81,14 +80,14 @@ def patch_mix_labels(truth: np.ndarray, uv: np.ndarray, input_size, num_classes:
 
 
 def collect(reader: NuScenesReader, teacher: Teacher | None, input_size, mode: str):
-    """For every val point some camera sees: teacher feature (or none), eval label, the
-    camera-truth label at its pixel and the patch-mix label."""
+    """For every (val point, camera) pair that passes the visibility rules: teacher feature (or
+    none), eval label, the camera-truth label at its pixel and the patch-mix label."""
     feats, labels, seen, mixed = [], [], [], []
     num_classes = len(reader.label_map.classes)
     token_of = {Path(sd["filename"]).name: sd["token"] for sd in reader.nusc.sample_data}
     for scan_id in reader.scan_ids:
         record = reader.read(scan_id)
-        assigned = assign_points(record, input_size, PATCH, 1.0, scan_id_rng(0, scan_id), OCCLUSION_CELL)
+        assigned = assign_points(record, input_size, PATCH, 1.0, OCCLUSION_CELL)
         if teacher is not None:
             images = torch.stack([teacher.load_image(cam.image_path) for cam in record.cameras])
             patch_feats = teacher.patch_features(images)

@@ -76,7 +76,9 @@ class DatasetConfig:
 
     format: a key of `DATASET_FORMATS`.
     root: the nuScenes dataroot or the SemanticKITTI folder holding `sequences/`.
-    version: the nuScenes version folder (e.g. v1.0-trainval); unused for SemanticKITTI.
+    version: the nuScenes version folder (e.g. v1.0-trainval), which holds its tables; unused by
+    the SemanticKITTI reader. dvc.yaml's dataset_index watches `<root>/<version>` for changes
+    (SemanticKITTI, whose scan lists are its folders: `sequences`).
     intensity_mean/std: standardisation of the intensity channel; None takes the
     dataset's reference values (REFERENCE.md).
     """

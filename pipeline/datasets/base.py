@@ -121,8 +121,19 @@ class ScanRecord:
         return raw
 
 
+@dataclass(frozen=True)
+class ScanFiles:
+    """The dataset files `read(scan_id)` opens: its point file, its label file (None when the scan
+    is unlabelled) and its camera images, in the order of `ScanRecord.cameras`."""
+
+    points: Path
+    labels: Path | None
+    images: tuple[Path, ...]
+
+
 class ScanReader:
-    """What every reader shares: `scan_ids` of its split, `len`, iteration and `read(scan_id)`."""
+    """What every reader shares: `scan_ids` of its split, `len`, iteration and `read(scan_id)`;
+    `files(scan_id)` and `table_files()` name what it reads without reading it (the dataset index)."""
 
     scan_ids: list[str]
 
@@ -134,6 +145,14 @@ class ScanReader:
             yield self.read(scan_id)
 
     def read(self, scan_id: str) -> ScanRecord:
+        raise NotImplementedError
+
+    def files(self, scan_id: str) -> ScanFiles:
+        """The files `read(scan_id)` opens, from the dataset's tables alone (no file is opened)."""
+        raise NotImplementedError
+
+    def table_files(self) -> list[Path]:
+        """The files the split's scan list and calibration come from (not the scans' own files)."""
         raise NotImplementedError
 
 

@@ -18,6 +18,7 @@ from pipeline.datasets import DATASET_FORMATS
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
+    ScanFiles,
     ScanReader,
     ScanRecord,
     check_image_exists,
@@ -132,6 +133,20 @@ class NuScenesReader(ScanReader):
             cameras=self._cameras(lidar),
             dropped=dropped,
         )
+
+    def files(self, scan_id: str) -> ScanFiles:
+        lidar = self.nusc.get("sample_data", scan_id)
+        labels = self.root / self.nusc.get("lidarseg", scan_id)["filename"] if self.has_labels else None
+        data = self.nusc.get("sample", lidar["sample_token"])["data"]
+        images = tuple(self.root / self.nusc.get("sample_data", data[channel])["filename"]
+                       for channel in self.cameras if channel in data)
+        return ScanFiles(self.root / lidar["filename"], labels, images)
+
+    def table_files(self) -> list[Path]:
+        """Every file of the version folder (the tables, lidarseg.json included) and splits.json."""
+        tables = sorted(path for path in (self.root / self.version).iterdir() if path.is_file())
+        split_file = self.root / "splits.json"
+        return tables + ([split_file] if split_file.is_file() else [])
 
     def _cameras(self, lidar: dict) -> list[CameraView]:
         sample = self.nusc.get("sample", lidar["sample_token"])

@@ -6,10 +6,15 @@ Points are float32 x, y, z, remission; labels are uint32 with the semantic id in
 P2 * Tr from calib.txt. Splits come from `<root>/splits.json` when present (the demo world
 ships one), else the official sequence lists. A sequence is labelled whole (every scan has its
 `.label`) or not at all (like the official test sequences); a partly labelled one is an error.
+Likewise a sequence has its camera whole or not at all: without `image_2/` or without
+`calib.txt` (many users never download the colour images) its scans have no camera (an empty
+`cameras` list: labelled and evaluated from the lidar alone, absent from the 2D baseline); with
+both, every scan must have its image.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,7 @@ from pipeline.datasets import DATASET_FORMATS
 from pipeline.datasets.base import (
     CameraView,
     DatasetError,
+    ScanFiles,
     ScanReader,
     ScanRecord,
     check_image_exists,
@@ -28,6 +34,8 @@ from pipeline.datasets.base import (
     split_from_file,
 )
 from pipeline.datasets.label_map import LabelMap
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_SPLITS = {
     "train": ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"],
@@ -69,6 +77,18 @@ def camera_from_calib(calib: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     shift = np.eye(4)
     shift[:3, 3] = offset
     return intrinsics, shift @ lidar_to_rect
+
+
+def sequence_camera(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (intrinsics, lidar_to_camera) of the sequence at `folder`, or None when it has no
+    `image_2/` folder or no `calib.txt` (its scans are then read without a camera)."""
+    missing = [name for name, present in (("image_2/", (folder / "image_2").is_dir()),
+                                          ("calib.txt", (folder / "calib.txt").is_file())) if not present]
+    if missing:
+        log.info("%s: no %s, so its scans have no camera (labelled from the lidar alone, no 2D baseline)",
+                 folder, " and no ".join(missing))
+        return None
+    return camera_from_calib(read_calib(folder / "calib.txt"))
 
 
 def sequence_is_labelled(folder: Path, frames: list[str]) -> bool:
@@ -121,13 +141,13 @@ class SemanticKittiReader(ScanReader):
         if not sequences_dir.is_dir():
             raise DatasetError(f"{sequences_dir}: SemanticKITTI sequences folder is missing")
         self.scan_ids: list[str] = []
-        self._camera: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._camera: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}  # None: the sequence has no camera
         self._labelled: set[str] = set()  # the sequences with labels (every scan of them has one)
         for sequence in self._split_sequences():
             velodyne = sequences_dir / sequence / "velodyne"
             if not velodyne.is_dir():
                 raise DatasetError(f"{velodyne}: sequence folder of split {split!r} is missing")
-            self._camera[sequence] = camera_from_calib(read_calib(sequences_dir / sequence / "calib.txt"))
+            self._camera[sequence] = sequence_camera(sequences_dir / sequence)
             frames = [p.stem for p in sorted(velodyne.glob("*.bin"))]
             if sequence_is_labelled(sequences_dir / sequence, frames):
                 self._labelled.add(sequence)
@@ -143,6 +163,19 @@ class SemanticKittiReader(ScanReader):
             raise DatasetError(f"unknown SemanticKITTI split {self.split!r}; known: {sorted(OFFICIAL_SPLITS)}")
         return OFFICIAL_SPLITS[self.split]
 
+    def files(self, scan_id: str) -> ScanFiles:
+        sequence, frame = scan_id.split("/")
+        folder = self.root / "sequences" / sequence
+        labels = folder / "labels" / f"{frame}.label" if sequence in self._labelled else None
+        images = () if self._camera[sequence] is None else (folder / "image_2" / f"{frame}.png",)
+        return ScanFiles(folder / "velodyne" / f"{frame}.bin", labels, images)
+
+    def table_files(self) -> list[Path]:
+        """splits.json (when present) and the split's calib.txt files; the scan list itself is the
+        velodyne folders' listing, which the index holds as the scans' point files."""
+        candidates = [self.root / "splits.json"] + [self.root / "sequences" / s / "calib.txt" for s in self._camera]
+        return [path for path in candidates if path.is_file()]
+
     def read(self, scan_id: str) -> ScanRecord:
         sequence, frame = scan_id.split("/")
         folder = self.root / "sequences" / sequence
@@ -154,6 +187,8 @@ class SemanticKittiReader(ScanReader):
             raw = read_label_file(label_path, len(points))
             labels = self.label_map(raw & 0xFFFF, label_path).astype(np.int64)
         points, labels, dropped = drop_non_finite(scan_id, points, labels, point_path)
+        if self._camera[sequence] is None:
+            return ScanRecord(scan_id, points, labels, [], dropped)
         image_path = check_image_exists(folder / "image_2" / f"{frame}.png")
         with Image.open(image_path) as image:  # reads the header only
             width, height = image.size
