@@ -1,11 +1,13 @@
 """2D-to-3D assignments: which teacher pixel and patch each lidar point is taught by.
 
-For one scan, every point is projected into every camera (`geometry.project_to_cameras`);
-a point seen by several cameras keeps one of them at random (seeded per scan, as ScaLR+ and
-DITR do). The pixel is rescaled to the teacher's input size, and the teacher feature of the
-point is then either the patch at floor(pixel / patch) ("patch", DITR) or the bilinear
-x patch-size upsampled feature at the pixel ("pixel", ScaLR+). Both are expressed as four
-taps into the patch grid with weights, so one storage layout serves both modes.
+For one scan, every point is projected into every camera (`geometry.project_to_cameras`),
+and EVERY (point, camera) pair that passes the visibility rules is kept: a point seen by two
+cameras has two rows. Training picks among them (one camera per scan and epoch for ScaLR+,
+one per point for DITR: `pipeline.training.recipe`). The pixel is rescaled to the teacher's
+input size, and the teacher feature of the pair is then either the patch at
+floor(pixel / patch) ("patch", DITR) or the bilinear x patch-size upsampled feature at the
+pixel ("pixel", ScaLR+). Both are expressed as four taps into the patch grid with weights, so
+one storage layout serves both modes.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ AssignmentMode = Literal["pixel", "patch"]
 class AssignmentsConfig:
     """The `assignments:` params section: how lidar points are tied to teacher patches.
 
+    Every (point, camera) pair that passes the rules below is kept; which camera teaches a
+    point is chosen in training (`distill.camera`).
+
     mode: "pixel" (ScaLR+) takes the bilinearly upsampled teacher feature at the point's
     pixel; "patch" (DITR) takes the patch at floor(pixel / patch size).
-    camera_selection: "random" keeps one camera per point among those that see it (seeded).
-    min_depth: points closer than this to a camera (metres) are not assigned to it.
+    min_depth: points closer than this to a camera (metres) are not assigned to it; a pair
+    also needs its pixel strictly inside the image, 0 < u < W-1 and 0 < v < H-1 (ScaLR+).
     occlusion_cell: 0 assigns every point that projects into an image (ScaLR+); N > 0 first
     drops the points that nearer lidar points hide in an N x N pixel cell of the camera image
     (a lidar z-buffer), so points are taught, and 2D-labelled, by what the camera really sees.
@@ -39,20 +44,19 @@ class AssignmentsConfig:
     """
 
     mode: AssignmentMode = "pixel"
-    camera_selection: Literal["random"] = "random"
     min_depth: float = 1.0
     occlusion_cell: int = 0
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self, non_negative=("min_depth", "occlusion_cell", "seed"))
+        require(self, non_negative=("min_depth", "occlusion_cell"))
 
 
 @dataclass(frozen=True)
 class ScanAssignments:
-    """One camera pixel per assigned point of a scan (unassigned points are absent).
+    """Every (point, camera) pair of a scan that passes the visibility rules: one row each,
+    sorted by point, then camera (a point seen by k cameras has k rows; unseen points none).
 
-    point_index: int32 (A,) sorted; camera: uint8 (A,) index into the scan's cameras;
+    point_index: int32 (A,); camera: uint8 (A,) index into the scan's cameras;
     pixel: uint16 (A, 2) integer (u, v) in the teacher's input image;
     patch: uint16 (A, 2) (row, col) in the teacher's patch grid.
     """
@@ -92,24 +96,18 @@ def assign_points(
     input_size: tuple[int, int],
     patch_size: int,
     min_depth: float,
-    rng: np.random.Generator,
     occlusion_cell: int = 0,
 ) -> ScanAssignments:
-    """Keep one random camera for every point some camera sees, and its teacher pixel.
+    """Every (point, camera) pair some camera sees, and its teacher pixel; no random draw.
 
-    occlusion_cell: 0 keeps every projected point (ScaLR+); > 0 first drops the pairs the
+    occlusion_cell: 0 keeps every projected pair (ScaLR+); > 0 first drops the pairs the
     lidar z-buffer of `visible_pairs` finds hidden (cells of that many camera pixels), so a
-    point picks a camera that really sees it.
+    point keeps only the cameras that really see it.
     """
     pairs = project_to_cameras(record.points[:, :3], record.cameras, min_depth=min_depth)
     if occlusion_cell > 0:
         pairs = pairs.take(visible_pairs(pairs, occlusion_cell))
-    # Random order among the pairs of a point, then the first pair of each point wins.
-    order = np.lexsort((rng.random(len(pairs)), pairs.point_index))
-    point_sorted = pairs.point_index[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = point_sorted[1:] != point_sorted[:-1]
-    chosen = pairs.take(order[first])
+    chosen = pairs.take(np.lexsort((pairs.camera_index, pairs.point_index)))  # by point, then camera
     input_height, input_width = input_size
     widths = np.array([c.width for c in record.cameras], dtype=np.float64)[chosen.camera_index]
     heights = np.array([c.height for c in record.cameras], dtype=np.float64)[chosen.camera_index]
@@ -182,3 +180,16 @@ def needed_patches(taps: PatchTaps) -> NeededPatches:
 def combine_taps(features: torch.Tensor, tap: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Teacher target of each assignment: (A, D) = sum over its 4 taps of weight * feature."""
     return (features[tap.long()].float() * weight.float().unsqueeze(-1)).sum(dim=1)
+
+
+def per_point_mean(point_index: np.ndarray, features: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """The mean feature of each point over its rows (its cameras), for a point seen by several.
+
+    point_index: (A,) the point of each row; features: (A, D). Returns (the U distinct points,
+    ascending; (U, D) their mean features).
+    """
+    points, row_point = np.unique(point_index, return_inverse=True)
+    index = torch.from_numpy(row_point.reshape(-1))
+    summed = torch.zeros(len(points), features.shape[1], dtype=features.dtype).index_add_(0, index, features)
+    counts = torch.bincount(index, minlength=len(points)).to(features.dtype)
+    return points, summed / counts.unsqueeze(1)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from pipeline.config_loading import ConfigError, build, key_path, load_yaml
 from pipeline.datasets import DatasetConfig
 from pipeline.assignments import AssignmentsConfig
@@ -116,10 +118,36 @@ def parse_params(data: dict, where: str = "params:", stage_sections: Collection[
     return params
 
 
-def load_params(path: Path | str = "params.yaml", stage_sections: Collection[str] = ()) -> Params:
-    """Read and validate a params file; errors name the file and the key."""
+def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
+    """The params sections that the stages of `dvc_file` declare (`params:` of each stage).
+
+    A stage that owns a section of its own (one no other stage reads) types it itself with
+    `Params.section`; `parse_params` accepts such a section only when a stage declares it here,
+    so a new stage is its module plus its entries in dvc.yaml and params.yaml.
+    """
+    if not dvc_file.is_file():
+        return ()
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    sections = []
+    for stage in stages.values():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str) and not entry.startswith("$"):
+                sections.append(entry.split(".")[0])
+    return tuple(dict.fromkeys(sections))
+
+
+def load_params(path: Path | str = "params.yaml", stage_sections: Collection[str] | None = None) -> Params:
+    """Read and validate a params file; errors name the file and the key.
+
+    stage_sections: the sections single stages own (`parse_params`); None: those declared by
+    the project's dvc.yaml: the one beside the file, else the one in the working folder, else
+    the one this code ships with (a scratch folder holding only a params file).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    if stage_sections is None:
+        candidates = (path.parent / "dvc.yaml", Path("dvc.yaml"), Path(__file__).resolve().parents[1] / "dvc.yaml")
+        stage_sections = dvc_stage_sections(next((c for c in candidates if c.is_file()), candidates[0]))
     data = load_yaml(path) or {}
     return parse_params(data, f"{path}:", stage_sections)

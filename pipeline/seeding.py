@@ -1,20 +1,18 @@
-"""Per-scan random generators: what a scan draws depends on the seed and on which scan it is,
-never on the order the scans come in or on the process that handles them, so a sharded stage
-or a distributed training run draws exactly what one process draws.
+"""Per-scan random generators of the distillation: what a scan draws depends on the seed, the
+epoch and which scan it is, never on the order the scans come in or on the process that
+handles them, so a distributed training run draws exactly what one process draws.
 
-* `scan_id_rng(seed, scan_id)`: keyed by the scan's id, for work done once per scan (the
-  assignments' choice of camera, `pipeline.assignments`).
 * `epoch_scan_rng(seed, epoch, scan_index)`: keyed by the training epoch and the scan's
   position in the training list, for the augmentation of a training scan.
+* `epoch_camera_rng(seed, epoch, scan_index)`: the same keys, for which camera teaches a
+  training scan or each of its points (`pipeline.training.recipe`).
 
-The training draws (`epoch_scan_rng` and those of `pipeline.training.sampling`) come from
+The training draws (these and those of `pipeline.training.sampling`) come from
 `training_sequence(seed, stream, epoch, index)`: a `np.random.SeedSequence` of fixed length
 with a stream tag, so no two purposes can share a stream.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 
@@ -22,12 +20,7 @@ import numpy as np
 ORDER_STREAM = 0  # the order an epoch visits the scans in
 AUGMENT_STREAM = 1  # a training scan's augmentation
 TORCH_STREAM = 2  # a rank's torch seed of an epoch (drop-path masks)
-
-
-def scan_id_rng(seed: int, scan_id: str) -> np.random.Generator:
-    """A generator that depends only on (seed, scan id): the same draw whatever the sharding."""
-    digest = hashlib.sha256(f"{seed}:{scan_id}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+CAMERA_STREAM = 3  # which camera teaches a training scan (or each of its points)
 
 
 def training_sequence(seed: int, stream: int, epoch: int, index: int) -> np.random.SeedSequence:
@@ -38,3 +31,8 @@ def training_sequence(seed: int, stream: int, epoch: int, index: int) -> np.rand
 def epoch_scan_rng(seed: int, epoch: int, scan_index: int) -> np.random.Generator:
     """The generator that augments scan `scan_index` (its position in the scan list) in `epoch`."""
     return np.random.default_rng(training_sequence(seed, AUGMENT_STREAM, epoch, scan_index))
+
+
+def epoch_camera_rng(seed: int, epoch: int, scan_index: int) -> np.random.Generator:
+    """The generator that draws which camera teaches scan `scan_index` (or each of its points)."""
+    return np.random.default_rng(training_sequence(seed, CAMERA_STREAM, epoch, scan_index))

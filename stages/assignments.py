@@ -1,24 +1,26 @@
-"""Stage assignments: every lidar point's camera, teacher pixel and patch, per split.
+"""Stage assignments: every (lidar point, camera) pair's teacher pixel and patch, per split.
 
     python -m stages.assignments
     torchrun --nproc_per_node=K -m stages.assignments    # K CPU processes, same bytes
 
 For each split that distillation or evaluation uses, writes cache/assignments/<split>/ (for
-an entry of `distill_datasets`, cache/assignments/<split>@<name>/), a ragged zarr store with one row per assigned point: point_index, camera, pixel (u, v) at
-the teacher's input size and patch (row, col). Cheap per scan (a fraction of a second) but
-hours for a full nuScenes split in one process, so it shards like the GPU stages.
+an entry of `distill_datasets`, cache/assignments/<split>@<name>/), a ragged zarr store with one
+row per (point, camera) pair that passes the visibility rules, sorted by point then camera:
+point_index, camera, pixel (u, v) at the teacher's input size and patch (row, col). Which of a
+point's cameras teaches it is drawn in training (`distill.camera`). Cheap per scan (a fraction
+of a second) but hours for a full nuScenes split in one process, so it shards like the GPU stages.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from pipeline.assignments import assign_points
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, World, launched
-from pipeline.seeding import scan_id_rng
 from pipeline.teachers import teacher_patch_size
 from pipeline.kill_switch import kill_point
 from stages.common import (
@@ -45,7 +47,7 @@ def write_split(params, source: SplitSource, out: Path, world: World) -> dict:
     reader = open_reader(source.dataset, source.split)
     cfg = params.assignments
     patch = teacher_patch_size(params.teacher)
-    points = assigned = dropped = 0
+    points = seen = pairs = dropped = no_camera = 0
     attributes = {
         "mode": cfg.mode,
         "input_size": list(params.teacher.input_size),
@@ -56,16 +58,18 @@ def write_split(params, source: SplitSource, out: Path, world: World) -> dict:
         for done, scan_id in enumerate(tqdm(output.scan_ids, desc=f"assignments {source.key}", unit="scan",
                                             disable=not world.is_main), start=1):
             record = reader.read(scan_id)
-            result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth,
-                                   scan_id_rng(cfg.seed, scan_id), cfg.occlusion_cell)
+            result = assign_points(record, params.teacher.input_size, patch, cfg.min_depth, cfg.occlusion_cell)
             writer.append(scan_id, point_index=result.point_index, camera=result.camera,
                           pixel=result.pixel, patch=result.patch)
             kill_point("assignments", done)
             points += len(record.points)
-            assigned += len(result)
+            seen += len(np.unique(result.point_index))
+            pairs += len(result)
             dropped += record.dropped_points
-    points, assigned, dropped = world.sum([points, assigned, dropped])
-    return {"scans": len(reader), "points": points, "assigned": assigned, "dropped": dropped}
+            no_camera += not record.cameras  # e.g. SemanticKITTI without image_2/ or calib.txt: no row
+    points, seen, pairs, dropped, no_camera = world.sum([points, seen, pairs, dropped, no_camera])
+    return {"scans": len(reader), "points": points, "seen": seen, "pairs": pairs, "dropped": dropped,
+            "no_camera": no_camera}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,9 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     with launched("cpu") as world, summary("assignments") as facts:  # numpy work: gloo, CPU
         for source in split_sources(params):
             counts = write_split(params, source, ASSIGNMENTS / source.key, world)
-            facts[source.key] = (f"{counts['scans']} scans, {counts['assigned']}/{counts['points']} points "
-                            f"assigned ({100 * counts['assigned'] / max(counts['points'], 1):.1f}%), "
-                            f"{counts['dropped']} non-finite dropped, {human_size(ASSIGNMENTS / source.key)}")
+            facts[source.key] = (f"{counts['scans']} scans, {counts['seen']}/{counts['points']} points seen "
+                                 f"({100 * counts['seen'] / max(counts['points'], 1):.1f}%) in {counts['pairs']} "
+                                 f"(point, camera) pairs, {counts['no_camera']} scans without a camera, "
+                                 f"{counts['dropped']} non-finite dropped, "
+                                 f"{human_size(ASSIGNMENTS / source.key)}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import yaml
-
-from pipeline.config import Params, load_params
+from pipeline.config import Params, dvc_stage_sections, load_params  # noqa: F401 (dvc_stage_sections: for callers)
 from pipeline.datasets import DatasetConfig
 from pipeline.distributed import world_from_env
 from pipeline.store.atomic import remove_path
@@ -33,6 +31,7 @@ PLOTS = Path("plots")
 
 # Where every stage's artifact lives (the `outs` of dvc.yaml).
 DEMO_ROOT = Path("data/demo")
+DATASET_INDEX = CACHE / "dataset_index"  # /{points,labels,cameras}.json (pipeline.datasets.index)
 PROTOTYPES = CACHE / "prototypes"  # /<class>/
 PROTOTYPE_PICTURES = PLOTS / "prototypes"
 TEMPLATES_FILE = CACHE / "template_features" / "templates.safetensors"
@@ -114,30 +113,11 @@ def start_stage(name: str, args: argparse.Namespace) -> Params:
     return params
 
 
-def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
-    """The params sections that the stages of `dvc_file` declare (`params:` of each stage).
-
-    A stage that owns a section of its own (one no other stage reads) types it itself with
-    `Params.section`; `pipeline.config` accepts such a section only when a stage declares it here,
-    so a new stage is its module plus its entries in dvc.yaml and params.yaml.
-    """
-    if not dvc_file.is_file():
-        return ()
-    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
-    sections = []
-    for stage in stages.values():
-        for entry in stage.get("do", stage).get("params", []):
-            if isinstance(entry, str) and not entry.startswith("$"):
-                sections.append(entry.split(".")[0])
-    return tuple(dict.fromkeys(sections))
-
-
 def load_project_params(path: Path = PARAMS_FILE) -> Params:
     """The validated params of the project whose dvc.yaml lies beside `path` (or in the working
-    folder): every stage and command loads params through this."""
-    path = Path(path)
-    beside = path.parent / DVC_FILE
-    return load_params(path, dvc_stage_sections(beside if beside.is_file() else DVC_FILE))
+    folder, else the one this code ships with: `load_params`): every stage and command loads
+    params through this."""
+    return load_params(path)  # with the stage-owned sections its dvc.yaml declares
 
 
 @contextmanager

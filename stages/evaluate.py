@@ -13,7 +13,12 @@ points whose truth is 255, and `dropped_points` in metrics.json counts them per 
 `label` (predictions left at 255) and `labelled` (of those, points whose truth is a class: the
 points nobody could label; `num_points` of `3d` plus `labelled` is every labelled point).
 Predictions at 255 anywhere but at the scan's non-finite points are stale: rerun the pipeline.
-Writes metrics/metrics.json (mIoU, oAcc, mAcc, per-class IoU of each; `dropped_points`),
+Scans without labels (a nuScenes dataroot without lidarseg, a SemanticKITTI sequence without
+`labels/`) are counted, not evaluated, and scans without a camera (no `image_2/` or `calib.txt`)
+have no 2D-baseline or visible points: `scans` in metrics.json counts both, and `notes` says
+in words what is missing; a split with no label at all writes every metric as null (0 points)
+instead of failing.
+Writes metrics/metrics.json (mIoU, oAcc, mAcc, per-class IoU of each; `dropped_points`, `scans`),
 metrics/per_class_iou.csv and metrics/confusion_3d.csv (DVC plots), and pictures under
 plots/evaluate/: per-class IoU bars, the normalised confusion matrix, and bird's-eye views of
 prediction against truth.
@@ -75,14 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         accumulators = {name: ConfusionAccumulator(len(classes)) for name in RESULTS}
         preview_ids = evenly_spaced(predictions.scan_ids, params.evaluate.preview_scans)
         dropped = {"point_features": predictions.attributes.get("dropped_points"), "label": 0, "labelled": 0}
+        scans = {"total": len(predictions), "unlabelled": 0, "without_camera": 0}
         pictures = []
         # The pictures folder is written whole or not at all, like every other output.
         with atomic_output(PICTURES, stage_scratch("evaluate")) as picture_dir:
             picture_dir.mkdir(parents=True)
             for scan_id in tqdm(predictions.scan_ids, desc=f"evaluate {split}", unit="scan"):
                 record = reader.read(scan_id)
-                if record.labels is None:
-                    raise ValueError(f"scan {scan_id} of split {split!r} has no labels to evaluate against")
+                scans["unlabelled"] += record.labels is None
+                scans["without_camera"] += not record.cameras
                 predicted = predictions.read(scan_id)
                 if len(predicted["label"]) != record.raw_count:
                     raise ValueError(f"{PREDICTIONS / split}: scan {scan_id} has {len(predicted['label'])} "
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                 if record.dropped is not None:
                     dropped["label"] += record.dropped.count
                     dropped["labelled"] += record.dropped.labelled
-                truth = record.labels
+                truth = record.labels if record.labels is not None else \
+                    np.full(len(record.points), IGNORE_LABEL, dtype=np.int64)  # unlabelled: nothing counts
                 visible = predicted["baseline"] != IGNORE_LABEL
                 accumulators["3d"].add(predicted["label"], truth)
                 accumulators["3d_visible"].add(predicted["label"][visible], truth[visible])
@@ -109,11 +116,15 @@ def main(argv: list[str] | None = None) -> None:
             save_confusion_heatmap(results["3d"].confusion, classes, picture_dir / "confusion_3d.png",
                                    f"3D labels on {split}, rows normalised")
             pictures += ["per_class_iou.png", "confusion_3d.png"]
-        write_metrics(results, classes, dropped)
+        notes = missing_notes(split, scans)
+        for note in notes:
+            log.warning("%s", note)
+        write_metrics(results, classes, dropped, scans, notes)
         for name, m in results.items():
             log.info("%-12s mIoU %.3f  oAcc %.3f  mAcc %.3f  (%d points)", name, m.miou, m.oacc, m.macc, m.num_points)
         facts["read"] = f"{PREDICTIONS / split} ({len(predictions)} scans), truth from {params.dataset.root}"
-        facts["mIoU"] = ", ".join(f"{name} {m.miou:.3f}" for name, m in results.items())
+        facts["mIoU"] = ("none: the split has no labels" if scans["unlabelled"] == scans["total"]
+                         else ", ".join(f"{name} {m.miou:.3f}" for name, m in results.items()))
         facts["dropped"] = (f"{dropped['label']} points with NaN/inf coordinates ({dropped['labelled']} of them "
                             "labelled), left out of every result")
         facts["wrote"] = f"{METRICS} ({human_size(METRICS)}), {PICTURES} ({human_size(PICTURES)})"
@@ -134,12 +145,28 @@ def without_dropped(predicted: dict[str, np.ndarray], record: ScanRecord, store:
     return {name: values[record.dropped.kept_index] for name, values in predicted.items()}
 
 
-def write_metrics(results: dict, classes: tuple[str, ...], dropped: dict) -> None:
-    """metrics.json (each result's metrics and `dropped_points`), and the per-class IoU and 3D
-    confusion tables that `dvc plots` draws."""
+def missing_notes(split: str, scans: dict) -> list[str]:
+    """What the results lack, in words: scans without labels, scans without a camera."""
+    notes = []
+    if scans["unlabelled"] == scans["total"]:
+        notes.append(f"split {split!r} has no labels: nothing to evaluate against, every metric is null (0 points)")
+    elif scans["unlabelled"]:
+        notes.append(f"{scans['unlabelled']} of {scans['total']} scans of split {split!r} have no labels and are "
+                     "left out of every result")
+    if scans["without_camera"]:
+        notes.append(f"{scans['without_camera']} of {scans['total']} scans of split {split!r} have no camera "
+                     "(e.g. SemanticKITTI without image_2/ or calib.txt): the 2D baseline and 3d_visible "
+                     "leave them out")
+    return notes
+
+
+def write_metrics(results: dict, classes: tuple[str, ...], dropped: dict, scans: dict, notes: list[str]) -> None:
+    """metrics.json (each result's metrics, `dropped_points`, `scans` and, when something is
+    missing, `notes`), and the per-class IoU and 3D confusion tables that `dvc plots` draws."""
     METRICS.mkdir(exist_ok=True)
+    notes = {"notes": "; ".join(notes)} if notes else {}
     save_json(METRICS / "metrics.json", {**{name: m.to_dict() for name, m in results.items()},
-                                         "dropped_points": dropped},
+                                         "dropped_points": dropped, "scans": scans, **notes},
               stage_scratch("evaluate"))
     write_csv(METRICS / "per_class_iou.csv", ["class", *RESULTS],
               [[c, *(_fmt(results[r].iou[i]) for r in RESULTS)] for i, c in enumerate(classes)])

@@ -10,7 +10,8 @@ one label), and labels:
   (`pipeline.labelling.point_features`), so the same classifier labels the reconstructed
   features (see pipeline/labelling/feature_pca.py for why);
 - the 2D baseline: every point some camera sees, from the teacher feature of its pixel
-  (`baseline`; 255 for points no camera sees), as OpenScene's 2D fusion does.
+  (`baseline`; 255 for points no camera sees), as OpenScene's 2D fusion does; a point seen by
+  several cameras takes the mean of their features.
 Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan, one row per
 raw point of the scan file in file order, like the point features: the points the reader
 dropped for NaN/inf coordinates (`valid` false in the point features) get 255 in both
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.assignments import combine_taps
+from pipeline.assignments import combine_taps, per_point_mean
 from pipeline.datasets.base import IGNORE_LABEL
 from pipeline.kill_switch import kill_point
 from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         assignments = RaggedReader(ASSIGNMENTS / split)
         patches = RaggedReader(TEACHER_FEATURES / split / "patches")
         taps = RaggedReader(TEACHER_FEATURES / split / "taps")
-        points = seen = 0
+        points = seen = unseen_scans = 0
         dropped = sum(int((~features.valid(scan_id)).sum()) for scan_id in features.scan_ids)
         columns = {"label": ("uint8", ()), "baseline": ("uint8", ())}
         with RaggedWriter(out, columns, attributes={"method": params.label.method, "dropped_points": dropped},
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
                 pixel_features = combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
                                               torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
                 baseline = np.full(len(label), IGNORE_LABEL, dtype=np.uint8)
-                point_index = assignments.read(scan_id, ["point_index"])["point_index"]  # of the finite points
+                # Of the finite points; a point seen by several cameras has one row per camera.
+                point_index, pixel_features = per_point_mean(
+                    assignments.read(scan_id, ["point_index"])["point_index"], pixel_features)
                 if len(point_index):
                     baseline[point_index if kept is None else kept[point_index]] = \
                         to_eval[classifier.predict(pixel_features.numpy())]
@@ -82,10 +85,12 @@ def main(argv: list[str] | None = None) -> None:
                 kill_point("label", done)
                 points += len(label) if kept is None else len(kept)
                 seen += len(point_index)
+                unseen_scans += not len(point_index)  # no camera (or none sees a point): no 2D baseline
         if features.basis is not None:
             facts["point features"] = (f"reconstructed from {features.basis.dims} PCA coefficients "
                                        f"({features.basis.explained:.2%} of the sample variance)")
-        facts[split] = (f"{len(features)} scans, {points} points labelled, {seen} seen by a camera (2D baseline), "
+        facts[split] = (f"{len(features)} scans, {points} points labelled, {seen} seen by a camera (2D baseline; "
+                        f"{unseen_scans} scans with no point seen by a camera, e.g. no camera at all), "
                         f"{dropped} dropped for NaN/inf coordinates (label 255)")
         facts["wrote"] = f"{out} ({human_size(out)})"
 

@@ -27,16 +27,32 @@ def format_table(metrics: dict) -> str:
             continue
         lines.append(f"{c:<20}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>14}" for v in cells))
     lines.append("-" * len(header))
-    for key in ("miou", "oacc", "macc"):
-        lines.append(f"{key:<20}" + "".join(f"{100 * metrics[n][key]:>14.1f}" for n in names))
+    for key in ("miou", "oacc", "macc"):  # null: no point to measure (e.g. a split without labels)
+        cells = [metrics[n][key] for n in names]
+        lines.append(f"{key:<20}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>14}" for v in cells))
     lines.append("")
     lines += [f"{n:>14}: {title}" for n, title in RESULT_TITLES.items() if n in metrics]
+    if metrics.get("notes"):
+        lines += ["", f"note: {metrics['notes']}"]
+    return "\n".join(lines)
+
+
+def format_capability(report: dict) -> str:
+    """The capability stage's summary (metrics/capability.json): per teacher, the share of
+    held-out prototypes recognised and the warning lines."""
+    lines = [f"capability ({report['method']}, {report['protocol']}):"]
+    for teacher, scores in report["teachers"].items():
+        accuracy = "-" if scores["accuracy"] is None else f"{100 * scores['accuracy']:.1f}%"
+        lines.append(f"  {teacher}: {accuracy} of held-out prototypes recognised")
+        lines += [f"    {line}" for line in scores["warnings"]]
     return "\n".join(lines)
 
 
 def main() -> None:
     metrics = json.loads((METRICS / "metrics.json").read_text())
     print(format_table(metrics))
+    if (METRICS / "capability.json").is_file():
+        print("\n" + format_capability(json.loads((METRICS / "capability.json").read_text())))
     print("\npictures:")
     for path in sorted(PLOTS.rglob("*.png")) + sorted((p for p in ("data/demo/preview_nuscenes.png",
                                                                      "data/demo/preview_semantic_kitti.png"))):

@@ -7,8 +7,9 @@ For each split of the assignments (cache/assignments/<key>/: a split, or <split>
 an entry of `distill_datasets`), runs the frozen teacher over the cameras that hold an
 assigned pixel, and writes cache/teacher_features/<key>/ with two ragged stores:
 `patches` (per scan, the fp16 features of the patches some assignment reads, and their flat
-patch ids) and `taps` (per assignment, the 4 rows of `patches` it combines and their weights:
-bilinear in "pixel" mode, one patch with weight 1 in "patch" mode). Under torchrun or srun,
+patch ids) and `taps` (per assignment row, i.e. per (point, camera) pair, the 4 rows of
+`patches` it combines and their weights: bilinear in "pixel" mode, one patch with weight 1 in
+"patch" mode). A point seen by two cameras has the taps of both. Under torchrun or srun,
 each rank encodes its shard of the scans on its own GPU (pipeline.distributed).
 """
 
@@ -52,7 +53,7 @@ def write_split(params, teacher: Teacher, source: SplitSource, out: Path, world:
     mode = params.assignments.mode
     batch_size = params.teacher_features.batch_size
     attributes = {"teacher": teacher.teacher_id, "mode": mode, "grid": list(grid), "dim": dim}
-    images = patches_kept = 0
+    images = patches_kept = no_camera = 0
     with ShardedOutput(out, assignments.scan_ids, world, scratch=stage_scratch("teacher_features")) as output, \
          output.ragged("patches", {"feature": ("float16", (dim,)), "patch_id": ("int32", ())},
                        attributes=attributes) as patch_store, \
@@ -78,8 +79,9 @@ def write_split(params, teacher: Teacher, source: SplitSource, out: Path, world:
             kill_point("teacher_features", done)
             images += len(used)
             patches_kept += len(needed.patch_id)
-    images, patches_kept = world.sum([images, patches_kept])
-    return {"scans": len(assignments), "images": images, "patches": patches_kept}
+            no_camera += not cameras  # no image to encode, no row: the scan is absent from the 2D baseline
+    images, patches_kept, no_camera = world.sum([images, patches_kept, no_camera])
+    return {"scans": len(assignments), "images": images, "patches": patches_kept, "no_camera": no_camera}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         facts["teacher"] = teacher.teacher_id
         for source in split_sources(params):
             counts = write_split(params, teacher, source, TEACHER_FEATURES / source.key, world)
-            facts[source.key] = (f"{counts['scans']} scans, {counts['images']} images, "
+            facts[source.key] = (f"{counts['scans']} scans ({counts['no_camera']} without a camera), "
+                                 f"{counts['images']} images, "
                                  f"{counts['patches']} patches kept, {human_size(TEACHER_FEATURES / source.key)}")
 
 

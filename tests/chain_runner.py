@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_ORDER = ["demo_world", "prototypes", "template_features", "assignments", "teacher_features",
+STAGE_ORDER = ["demo_world", "dataset_index", "prototypes", "template_features", "assignments", "teacher_features",
                "distill", "point_features", "label", "evaluate"]
 
 
@@ -22,7 +22,8 @@ def small_params(**changes) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo_world"]["size"] = "small"
     params["prototypes"]["images_per_class"] = 2
-    params["distill"].update(epochs=1, batch_size=2, max_points=4000)
+    # One epoch of a few steps: no warm-up (the reference's k / W would spend them at lr ~ 0).
+    params["distill"].update(epochs=1, batch_size=2, max_points=4000, warmup_epochs=0.0)
     params["evaluate"]["preview_scans"] = 1
     for section, value in changes.items():
         params[section] = value

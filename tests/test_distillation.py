@@ -37,8 +37,8 @@ def test_loss_is_a_monotone_function_of_cosine():
     assert normalized_l2_loss(student, teacher).item() == pytest.approx(expected.mean().item(), abs=1e-6)
 
 
-def test_schedule_key_points():
-    config = DistillConfig()  # 65 epochs, warmup 1, timescale 0.45, cooldown from 63
+def test_shifted_schedule_key_points():
+    config = DistillConfig(schedule="shifted")  # 65 epochs, warmup 1, timescale 0.45, cooldown from 63
     spe = 100
     factors = [lr_factor(s, spe, config) for s in range(65 * spe + 1)]
     assert factors[0] == pytest.approx(1 / 100)  # small positive first update
@@ -56,10 +56,11 @@ def test_schedule_key_points():
 
 
 def test_schedule_without_warmup_or_cooldown():
-    config = DistillConfig(epochs=2, warmup_epochs=0, cooldown_epochs=0)
-    assert lr_factor(0, 10, config) == 1.0
-    assert lr_factor(19, 10, config) == pytest.approx(1 / math.sqrt(1 + 19 / 4.5))
-    with pytest.raises(ValueError, match="warmup_epochs"):
+    for schedule in ("reference", "shifted"):
+        config = DistillConfig(epochs=2, warmup_epochs=0, cooldown_epochs=0, schedule=schedule)
+        assert lr_factor(0, 10, config) == 1.0
+        assert lr_factor(19, 10, config) == pytest.approx(1 / math.sqrt(1 + 19 / 4.5))
+    with pytest.raises(ValueError, match="cooldown_epochs"):
         DistillConfig(epochs=5, cooldown_epochs=-1)
 
 

@@ -127,11 +127,22 @@ def test_prompt_change_reruns_only_that_class_and_what_follows(reproduced):
     original = (reproduced / "params.yaml").read_text()
     edit_params(reproduced, lambda p: p["vocabulary"]["car"].update(prompts=["a photo of a parked {}"]))
     try:
-        assert changed_stages(reproduced) == {"prototypes@car", "template_features", "label"}
+        assert changed_stages(reproduced) == {"prototypes@car", "template_features", "capability", "label"}
         # evaluate reruns too once label's output changes; DVC reports it only then
         ran = ran_stages(dvc(reproduced, "repro"))
-        assert ran <= {"prototypes@car", "template_features", "label", "evaluate"}
-        assert {"prototypes@car", "template_features", "label"} <= ran
+        assert ran <= {"prototypes@car", "template_features", "capability", "label", "evaluate"}
+        assert {"prototypes@car", "template_features", "capability", "label"} <= ran
+    finally:
+        (reproduced / "params.yaml").write_text(original)
+        dvc(reproduced, "repro")
+
+
+def test_capability_change_reruns_only_capability(reproduced):
+    original = (reproduced / "params.yaml").read_text()
+    edit_params(reproduced, lambda p: p["capability"].update(warn_below=0.5))
+    try:
+        assert changed_stages(reproduced) == {"capability"}
+        assert ran_stages(dvc(reproduced, "repro")) == {"capability"}
     finally:
         (reproduced / "params.yaml").write_text(original)
         dvc(reproduced, "repro")

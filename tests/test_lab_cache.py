@@ -111,9 +111,9 @@ def test_clones_with_their_own_cache_restore_from_a_remote(lab):
     fetches the run cache, and `dvc repro --pull` downloads the outputs of the stages it
     restores; a clone with the first's dvc.lock (as `git pull` brings it) `dvc pull`s them.
 
-    The first path goes up to point_features: a remote never receives `cache: false`
-    outputs (template_features' and evaluate's plots and metrics), so those two stages
-    rerun in a clone that only has the remote (README, "A remote").
+    The first path goes up to point_features. A remote never receives `cache: false`
+    outputs, so stages with one would rerun in a clone that only has the remote; dvc.yaml
+    has none (README, "A remote"), so the fourth clone's pull leaves nothing to rerun.
     """
     remote = lab.root / "remote"
     dvc_ok(lab.first, "remote", "add", "--local", "--default", "lab", str(remote))
@@ -123,7 +123,8 @@ def test_clones_with_their_own_cache_restore_from_a_remote(lab):
     dvc_ok(third, "remote", "add", "--local", "--default", "lab", str(remote))
     dvc_ok(third, "fetch", "--run-cache")
     report = repro_without_running(third, lab.root / "tripwire-third", "--pull", "point_features")
-    assert report["restored"] == {"demo_world", "assignments", "teacher_features", "distill", "point_features"}
+    assert report["restored"] == {"demo_world", "dataset_index", "assignments", "teacher_features", "distill",
+                                  "point_features"}
     model = third / "cache/student/model.safetensors"
     assert not model.resolve().is_relative_to(lab.shared_cache.resolve())
     assert filecmp.cmp(model, lab.first / "cache/student/model.safetensors", shallow=False)

@@ -45,6 +45,7 @@ class NotHere:
 
 
 LAB = "tests/test_lab_cache.py"
+EXP = "tests/test_experiments.py"
 README_COMMANDS: dict[str, Run | CoveredBy | NotHere] = {
     # The two commands
     "bash scripts/demo.sh": Run(("== metrics (metrics/metrics.json) ==", "3D student, all points")),
@@ -58,14 +59,29 @@ README_COMMANDS: dict[str, Run | CoveredBy | NotHere] = {
     "dvc metrics show": Run(("metrics/metrics.json",)),
     "dvc plots show": Run(("dvc_plots/index.html",)),
     "python -m stages.report": Run(("miou", "3D student, all points")),
+    # Change the vocabulary
+    "dvc repro capability": Run(("capability",)),
     # Queries
     "python -m stages.query car": Run(("'car'", "plots/query/car.png")),
     "python -m stages.query car bus --top-k 300": Run(("plots/query/car+bus.png", "top 300 per name")),
     "python -m stages.query pedestrian --absolute --threshold 0.8": Run(("absolute score > 0.8",)),
+    # Sweeping params: dvc exp
+    "dvc exp run --queue -S label.method=nearest_prototype -n nearest": CoveredBy(
+        EXP, ('"exp", "run", "--queue", "-S", "label.method=nearest_prototype", "-n", "nearest"',)),
+    "dvc exp run --queue -S label.method=logistic -n logistic": CoveredBy(
+        EXP, ('"exp", "run", "--queue", "-S", "label.method=logistic", "-n", "logistic"',)),
+    "dvc queue start -j 1": CoveredBy(EXP, ('"queue", "start", "-j", "1"',)),
+    "dvc queue status": CoveredBy(EXP, ('"queue", "status"',)),
+    "dvc exp show --only-changed": CoveredBy(EXP, ('"exp", "show", "--only-changed"',)),
+    "dvc exp diff logistic nearest": CoveredBy(EXP, ('"exp", "diff", "logistic", "nearest"',)),
+    "dvc exp apply nearest": CoveredBy(EXP, ('"exp", "apply", "nearest"',)),
+    "dvc exp branch nearest label-nearest": CoveredBy(EXP, ('"exp", "branch", "nearest", "label-nearest"',)),
     # Run on real data
     "python -m stages.preset": Run(("nuscenes-mini", "semantic_kitti")),
     "python -m stages.preset nuscenes": Run(("params.yaml is now presets/nuscenes.yaml",)),
     "python -m stages.preset demo": Run(("params.yaml is now presets/demo.yaml",)),
+    "dvc repro -f -s dataset_index && dvc repro": CoveredBy(
+        "tests/test_dataset_index.py", ('"repro", "-f", "-s", "dataset_index"',)),
     # Working as a lab
     "torchrun --standalone --nproc_per_node=2 -m stages.point_features": CoveredBy(
         "tests/test_sharding.py", ('"--standalone", "--nproc_per_node=2"', '"point_features"')),

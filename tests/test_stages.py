@@ -42,8 +42,9 @@ def test_every_stage_writes_its_artifact(chain):
     for scan_id in features.scan_ids:
         assert len(features.read(scan_id)["feature"]) == len(predictions.read(scan_id)["label"])
     metrics = json.loads((chain / "metrics/metrics.json").read_text())
-    assert set(metrics) == {"3d", "3d_visible", "2d_baseline", "dropped_points"}
+    assert set(metrics) == {"3d", "3d_visible", "2d_baseline", "dropped_points", "scans"}  # no `notes`
     assert metrics["dropped_points"] == {"point_features": 0, "label": 0, "labelled": 0}
+    assert metrics["scans"] == {"total": len(predictions), "unlabelled": 0, "without_camera": 0}
     for result in ("3d", "3d_visible", "2d_baseline"):
         assert 0.0 <= metrics[result]["miou"] <= 1.0
     for picture in ("evaluate/per_class_iou.png", "evaluate/confusion_3d.png", "evaluate/bev_0.png",

@@ -93,7 +93,7 @@ class ArchitectureConfig(Protocol):
 
         Without `augmentation`: the deterministic inference pre-processing. With it (and an
         explicit `rng`): the training augmentations (random voxel representative, rotation,
-        flips, scaling, subsample to `augmentation.max_points`).
+        flips, scaling, cut to `augmentation.max_points` by `augmentation.cap`).
         """
         ...
 

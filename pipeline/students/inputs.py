@@ -4,7 +4,8 @@
   `IntensityStats`, from `pipeline.datasets`; x, y, z; radius);
 - `voxelize` (one point per occupied voxel) and `crop_to_fov` (the field-of-view box);
 - `back_projection`: every original point takes the output of its nearest kept point;
-- `Augmentation` and its steps (`random_subsample`, `random_transform`, `augment_points`).
+- `Augmentation` and its steps (`cap_points`: `random_subsample` or `ball_crop`;
+  `random_transform`, `augment_points`).
 
 Each student turns a raw scan into its own inputs with these steps, beside its network:
 `waffleiron.inputs.prepare_scan` (kNN and grid cells), `sparse_unet.prepare_voxels` (a voxel
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -30,13 +32,17 @@ class Augmentation:
     flip_probability: chance of mirroring one horizontal axis, x or y with equal odds
         (2/3 overall in the reference, i.e. none / flip x / flip y each 1/3).
     scale_range: isotropic scale uniform in [1 - r, 1 + r].
-    max_points: keep at most this many points (uniform random subsample); None keeps all.
+    max_points: keep at most this many points; None keeps all.
+    cap: how: "ball" (ScaLR+) keeps the `max_points` points nearest to one randomly drawn
+        point, a local ball at full density; "uniform" a uniform random subsample (thins the
+        whole cloud, so kNN neighbourhoods differ from inference).
     """
 
     rotate_z: bool = True
     flip_probability: float = 2.0 / 3.0
     scale_range: float = 0.1
     max_points: int | None = 20_000
+    cap: Literal["ball", "uniform"] = "uniform"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flip_probability <= 1.0:
@@ -45,6 +51,8 @@ class Augmentation:
             raise ValueError(f"Augmentation.scale_range must be in [0, 1), got {self.scale_range}")
         if self.max_points is not None and self.max_points < 1:
             raise ValueError(f"Augmentation.max_points must be >= 1 or None, got {self.max_points}")
+        if self.cap not in ("ball", "uniform"):
+            raise ValueError(f"Augmentation.cap must be ball or uniform, got {self.cap!r}")
 
 
 # --------------------------------------------------------------------------- single steps
@@ -109,6 +117,25 @@ def random_subsample(num_points: int, max_points: int | None, rng: np.random.Gen
     return np.sort(rng.choice(num_points, size=max_points, replace=False)).astype(np.int64)
 
 
+def ball_crop(xyz: np.ndarray, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
+    """The `max_points` points nearest (3D distance) to one point drawn uniformly, ascending
+    indices; all of them when there are no more. Ties at the edge go to the lower index."""
+    num_points = len(xyz)
+    if max_points is None or num_points <= max_points:
+        return np.arange(num_points, dtype=np.int64)
+    xyz = np.asarray(xyz, dtype=np.float64)[:, :3]
+    centre = xyz[rng.integers(num_points)]
+    distance = np.square(xyz - centre).sum(axis=1)
+    return np.sort(np.argsort(distance, kind="stable")[:max_points]).astype(np.int64)
+
+
+def cap_points(xyz: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """At most `augmentation.max_points` indices of the points, by `augmentation.cap`, ascending."""
+    if augmentation.cap == "ball":
+        return ball_crop(xyz, augmentation.max_points, rng)
+    return random_subsample(len(xyz), augmentation.max_points, rng)
+
+
 def random_transform(xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
     """Rotate about z, maybe flip x or y, scale: a new (N, 3) array of xyz's dtype.
 
@@ -136,12 +163,12 @@ def random_transform(xyz: np.ndarray, rng: np.random.Generator, augmentation: Au
 def augment_points(
     xyz: np.ndarray, rng: np.random.Generator, augmentation: Augmentation
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training augmentation: subsample to `max_points`, then rotate / flip / scale.
+    """Training augmentation: cut to `max_points` (`cap_points`), then rotate / flip / scale.
 
     Returns (augmented xyz (n, 3), kept indices into xyz (n,) ascending). Deterministic for
     a given Generator state.
     """
-    keep = random_subsample(len(xyz), augmentation.max_points, rng)
+    keep = cap_points(xyz, augmentation, rng)
     return random_transform(np.asarray(xyz)[keep], rng, augmentation), keep
 
 
@@ -150,6 +177,8 @@ __all__ = [
     "IntensityStats",
     "augment_points",
     "back_projection",
+    "ball_crop",
+    "cap_points",
     "crop_to_fov",
     "input_features",
     "random_subsample",

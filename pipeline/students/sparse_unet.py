@@ -49,9 +49,9 @@ from pipeline.datasets.base import IntensityStats
 from pipeline.students.inputs import (
     Augmentation,
     back_projection,
+    cap_points,
     crop_to_fov,
     input_features,
-    random_subsample,
     random_transform,
 )
 
@@ -202,7 +202,7 @@ def prepare_voxels(
     Inference: crop to the FOV, keep the first point of each voxel. Training (`augmentation`
     with an explicit `rng`): the whole scan is first rotated / flipped / scaled, so the
     voxels are those of the augmented cloud (no two kept points share one), then each voxel
-    keeps a random point and the voxels are subsampled to `augmentation.max_points`.
+    keeps a random point and the voxels are cut to `augmentation.max_points` (`cap_points`).
     """
     points = np.asarray(points_xyzi)
     if points.ndim != 2 or points.shape[1] < 4:
@@ -224,7 +224,7 @@ def prepare_voxels(
     kept, coordinates = candidates[representative], voxels[representative]
 
     if training:
-        keep = random_subsample(len(kept), augmentation.max_points, rng)
+        keep = cap_points(net_xyz[kept], augmentation, rng)
         kept, coordinates = kept[keep], coordinates[keep]
         mapping = back_projection(xyz, xyz[kept])
     else:

@@ -6,6 +6,8 @@ file that holds it:
 * `objective`: `normalized_l2_loss`, the loss the student minimises.
 * `schedule`: `build_optimizer` and `lr_factor`: AdamW and its warmup / rsqrt / cooldown schedule.
 * `sampling`: which scans each step draws on which rank, and the epoch's random draws.
+* `recipe`: `training_view`: which camera teaches a drawn scan and which of its points the
+  network sees (`distill.camera`, `distill.points`: ScaLR+, DITR or our first recipe).
 * `data`: `DistillSample`, `SourceLoader`, `DistillationSet` (the training scans and their
   teacher targets, read from the caches) and `run_fingerprint` (which run a checkpoint is of).
 * `checkpoint`: `Checkpoints`, `TrainingState`: an interrupted run continues where it stopped.

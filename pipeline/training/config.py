@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pipeline.config_loading import require
 from pipeline.precision import Precision
 
+CameraRule = Literal["per_scan_epoch", "per_point_fixed", "per_point_epoch"]
+PointsRule = Literal["taught", "scan"]
+CapRule = Literal["ball", "uniform"]
+ScheduleRule = Literal["reference", "shifted"]
+
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation of the student from the cached teacher features (ScaLR+ recipe).
+    """Distillation of the student from the cached teacher features. The defaults are the ScaLR+
+    recipe (`../shared/REFERENCE.md`, "Distillation").
 
-    The schedule (`pipeline.training.schedule`) warms up linearly for `warmup_epochs`, decays
-    as a reciprocal square root with timescale `rsqrt_timescale_epochs`, and cools down
-    linearly to 0 over the last `cooldown_epochs`; AdamW with `lr` and `weight_decay`.
+    The recipe, one setting per way ScaLR+, DITR and this project's first recipe differ:
+
+    camera: which camera teaches (`pipeline.training.recipe`). per_scan_epoch (ScaLR+): one
+        random camera per scan among those that see it, drawn again every epoch;
+        per_point_fixed (the first recipe here): one random camera per point among those that
+        see it, the same in every epoch; per_point_epoch (DITR): one random camera per point,
+        drawn again every epoch.
+    points: which points the network sees. taught (ScaLR+): only the points a drawn camera
+        teaches (with per_scan_epoch: those that project into its image); scan (DITR, the
+        first recipe): the whole scan, the loss on the taught points only.
+    cap: how a scan is cut to `max_points` after voxelisation (and the `points` crop). ball
+        (ScaLR+): the `max_points` points nearest to one randomly drawn point; uniform (the
+        first recipe): a uniform random subsample, which thins the cloud.
+    schedule: the lr factor (`pipeline.training.schedule`). reference (ScaLR+): warm-up k / W
+        (0 at the first step), then the lr at the cool-down start falls linearly to 0;
+        shifted (the first recipe): warm-up (k + 1) / W, and the rsqrt decay goes on under the
+        linear cool-down ramp.
+    drop_last: drop an epoch's last partial batch (ScaLR+: true).
+
+    The schedule warms up linearly for `warmup_epochs`, decays as a reciprocal square root with
+    timescale `rsqrt_timescale_epochs`, and cools down to 0 over the last `cooldown_epochs`
+    (ScaLR+: from epoch 63 of 65); AdamW with `lr` and `weight_decay`.
     `batch_size` is the global batch: under torchrun the processes share it, and the result
     is the single process's (`pipeline.training.ddp`).
 
     max_points, augment: the training augmentations (`augment: false` trains on the scans as
-    they are), with at most `max_points` points kept per scan.
+    they are, uncut), with at most `max_points` points kept per scan (`cap`).
     precision: fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + GradScaler, CUDA only).
     gradient_checkpointing: recompute the student's block activations in the backward pass.
     checkpoint_every_epochs: save the training state every this many epochs, so an
@@ -33,6 +59,11 @@ class DistillConfig:
     warmup_epochs: float = 1.0
     rsqrt_timescale_epochs: float = 0.45
     cooldown_epochs: float = 2.0
+    camera: CameraRule = "per_scan_epoch"
+    points: PointsRule = "taught"
+    cap: CapRule = "ball"
+    schedule: ScheduleRule = "reference"
+    drop_last: bool = True
     max_points: int = 20000
     augment: bool = True
     seed: int = 0

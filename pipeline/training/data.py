@@ -1,6 +1,7 @@
 """The training data of the distillation: scans and their teacher targets, read from the caches.
 
-* `DistillSample`: one training scan and its teacher targets, in their compact cached form.
+* `DistillSample`: one training scan and the teacher targets of its (point, camera) pairs, in
+  their compact cached form (which pairs teach in a step: `pipeline.training.recipe`).
 * `SourceLoader`: the samples of one distillation source (a split of one dataset), from its
   assignment store and its teacher-feature stores (`patches`, `taps`).
 * `DistillationSet`: every source as one training set, what the loop (`pipeline.training.loop`)
@@ -33,12 +34,14 @@ from pipeline.training.config import DistillConfig
 
 @dataclass(frozen=True)
 class DistillSample:
-    """One training scan and its teacher targets, kept in their compact cached form.
+    """One training scan and the teacher targets of its (point, camera) pairs, kept in their
+    compact cached form.
 
     points: float32 (N, 4) x, y, z, intensity.
     intensity_stats: the standardisation of its dataset's intensity (each dataset of a merged
         distillation set has its own).
-    target_row: int64 (N,) assignment row that teaches each point, -1 when none does.
+    point_index, camera: int64 (A,) the point and camera of each assignment row (every pair
+        that passes the visibility rules, sorted by point then camera).
     patch_features: (U, D) teacher features of the patches the assignments read.
     tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
         weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
@@ -47,7 +50,8 @@ class DistillSample:
 
     points: np.ndarray
     intensity_stats: IntensityStats
-    target_row: np.ndarray
+    point_index: np.ndarray
+    camera: np.ndarray
     patch_features: torch.Tensor
     tap: torch.Tensor
     weight: torch.Tensor
@@ -60,7 +64,7 @@ class DistillSample:
 
 class SourceLoader:
     """Loads training scans of one distillation source: points, and the teacher target of each
-    assigned point.
+    (point, camera) pair.
 
     key: the source's name in the set (scan ids there are `<key>/<scan id>`).
     reader: the dataset reader of the source's split; intensity_stats: its dataset's.
@@ -80,14 +84,13 @@ class SourceLoader:
 
     def __call__(self, scan_id: str) -> DistillSample:
         points = self.reader.read(scan_id).points
-        point_index = self.assignments.read(scan_id, ["point_index"])["point_index"]
+        rows = self.assignments.read(scan_id, ["point_index", "camera"])
         taps = self.taps.read(scan_id)
-        target_row = np.full(len(points), -1, dtype=np.int64)
-        target_row[point_index] = np.arange(len(point_index))
         return DistillSample(
             points=points,
             intensity_stats=self.intensity_stats,
-            target_row=target_row,
+            point_index=rows["point_index"].astype(np.int64),
+            camera=rows["camera"].astype(np.int64),
             patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
             tap=torch.from_numpy(taps["tap"]),
             weight=torch.from_numpy(taps["weight"]),

@@ -1,19 +1,19 @@
 """The distillation loop: a student (WaffleIron or sparse UNet) learns to reproduce teacher features.
 
 The loop knows nothing of files: it gets a list of scan ids and a function that loads one
-`DistillSample` (points, and the teacher target of every assigned point;
+`DistillSample` (points, and the teacher target of every (point, camera) pair;
 `pipeline.training.data`), and reads the `distill:` params section (`DistillConfig`) as it
-is. Each step draws `batch_size` scans (`pipeline.training.sampling`), pre-processes them with
-the training augmentations (random voxel representative, rotation, flips, scaling,
-subsample), runs the student, and minimises the normalised L2 loss
-(`pipeline.training.objective`) over every kept point that has a teacher target, with the
+is. Each step draws `batch_size` scans (`pipeline.training.sampling`), picks the camera that
+teaches each and the points the network sees (`pipeline.training.recipe`), pre-processes them
+with the training augmentations (random voxel representative, cut to `max_points` by
+`distill.cap`, rotation, flips, scaling), runs the student, and minimises the normalised L2
+loss (`pipeline.training.objective`) over every kept point that has a teacher target, with the
 schedule of `pipeline.training.schedule`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -30,9 +30,10 @@ from pipeline.students.inputs import Augmentation
 from pipeline.training.checkpoint import Checkpoints, TrainingState
 from pipeline.training.config import DistillConfig
 from pipeline.training.data import DistillSample
+from pipeline.training.recipe import TrainingView, training_view
 from pipeline.training.ddp import all_reduce_max, all_reduce_sum, data_parallel
 from pipeline.training.objective import normalized_l2_loss
-from pipeline.training.sampling import epoch_order, global_batches, rank_share, torch_seed
+from pipeline.training.sampling import epoch_order, global_batches, rank_share, steps_per_epoch, torch_seed
 from pipeline.training.schedule import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class StepRecord:
 
 
 def training_batch(
-    samples: Sequence[DistillSample],
+    views: Sequence[TrainingView],
     model: Student,
     augmentation: Augmentation | None,
     rngs: Sequence[np.random.Generator],
@@ -56,17 +57,18 @@ def training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Student outputs and teacher targets of every taught point of a batch: two (P, D).
 
-    rngs: one generator per sample, so a sample's augmentation does not depend on the
-    others of its batch (or on which rank draws it).
+    views: what each scan shows the network (`pipeline.training.recipe.training_view`).
+    rngs: one generator per view, so a scan's augmentation does not depend on the others of
+    its batch (or on which rank draws it).
     """
-    prepared = [model.config.prepare(s.points, s.intensity_stats, augmentation=augmentation, rng=rng)
-                for s, rng in zip(samples, rngs, strict=True)]
+    prepared = [model.config.prepare(v.points, v.intensity_stats, augmentation=augmentation, rng=rng)
+                for v, rng in zip(views, rngs, strict=True)]
     student, teacher = [], []
-    for sample, scan, output in zip(samples, prepared, model.run_batch(prepared, device)):
-        rows = sample.target_row[scan.point_index]
+    for view, scan, output in zip(views, prepared, model.run_batch(prepared, device)):
+        rows = view.target_row[scan.point_index]
         taught = rows >= 0
         student.append(output[torch.from_numpy(taught).to(device)])
-        teacher.append(sample.targets(rows[taught]).to(device))
+        teacher.append(view.targets(rows[taught]).to(device))
     return torch.cat(student), torch.cat(teacher)
 
 
@@ -95,10 +97,13 @@ def distill_student(
     if config.batch_size < world.size:
         raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be at least the "
                          f"number of processes, {world.size}")
-    steps_per_epoch = math.ceil(len(scan_ids) / config.batch_size)
-    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch)
+    steps = steps_per_epoch(len(scan_ids), config.batch_size, config.drop_last)
+    if steps == 0:
+        raise ValueError(f"distill.drop_last drops every batch: {len(scan_ids)} training scans are fewer than "
+                         f"distill.batch_size {config.batch_size}")
+    optimizer, scheduler = build_optimizer(model, config, steps)
     scaler = grad_scaler(config.precision, device)
-    augmentation = Augmentation(max_points=config.max_points) if config.augment else None
+    augmentation = Augmentation(max_points=config.max_points, cap=config.cap) if config.augment else None
     model.to(device).train()
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -113,19 +118,20 @@ def distill_student(
         raise RuntimeError(f"the ranks found different checkpoints in {checkpoints.folder}; "
                            "the checkpoint folder must be on a filesystem every rank shares")
 
-    def step(samples: list[DistillSample], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_batch(samples, model, augmentation, rngs, device)
+    def step(views: list[TrainingView], rngs: list[np.random.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_batch(views, model, augmentation, rngs, device)
 
-    progress = tqdm(total=config.epochs * steps_per_epoch, initial=len(history), desc="distill", unit="step",
+    progress = tqdm(total=config.epochs * steps, initial=len(history), desc="distill", unit="step",
                     disable=not world.is_main)
     with data_parallel(model, step, world) as run_step:
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(torch_seed(config.seed, epoch, world.rank))  # drop-path draws
-            for batch in global_batches(epoch_order(config.seed, epoch, len(scan_ids)), config.batch_size):
+            for batch in global_batches(epoch_order(config.seed, epoch, len(scan_ids)), config.batch_size,
+                                        config.drop_last):
                 share = [int(i) for i in rank_share(batch, world.rank, world.size)]
-                samples = [load_sample(scan_ids[i]) for i in share]
+                views = [training_view(load_sample(scan_ids[i]), config, epoch, i) for i in share]
                 with autocast(config.precision, device):
-                    student, teacher = run_step(samples, [epoch_scan_rng(config.seed, epoch, i) for i in share])
+                    student, teacher = run_step(views, [epoch_scan_rng(config.seed, epoch, i) for i in share])
                 pairs = len(student)
                 mean = normalized_l2_loss(student, teacher) if pairs else student.sum()  # 0, still a graph
                 loss_sum, total_pairs = all_reduce_sum([mean.item() * pairs, pairs], device)

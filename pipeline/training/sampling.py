@@ -7,8 +7,9 @@ never of a generator carried from step to step. That buys two properties:
   `epoch_order(seed, e, n)`, cut into global batches of `batch_size` scans. With W ranks
   (torchrun), rank r takes `rank_share(batch, r, W)`: every W-th scan of the global
   batch, starting at the r-th. A scan is augmented by `pipeline.seeding.epoch_scan_rng(seed, e,
-  index)`, whichever rank draws it, so the union of the ranks' samples is the single process's
-  batch, sample for sample (`batch_size` is the global batch for any W).
+  index)` and its teaching camera drawn by `epoch_camera_rng(seed, e, index)`, whichever rank
+  draws it, so the union of the ranks' samples is the single process's batch, sample for
+  sample (`batch_size` is the global batch for any W).
 * Resuming is exact. The random state at the start of epoch e is fully determined by
   e, so a checkpoint needs no generator state: `torch_seed(seed, e, rank)` reseeds
   torch (drop-path masks) at every epoch start.
@@ -29,9 +30,16 @@ def epoch_order(seed: int, epoch: int, num_scans: int) -> np.ndarray:
     return np.random.default_rng(training_sequence(seed, ORDER_STREAM, epoch, 0)).permutation(num_scans)
 
 
-def global_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive batches of `batch_size` scan indices; the last one may be shorter."""
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+def global_batches(order: np.ndarray, batch_size: int, drop_last: bool = False) -> list[np.ndarray]:
+    """Consecutive batches of `batch_size` scan indices. The last one may be shorter; with
+    `drop_last` (ScaLR+) a shorter last batch is dropped, so its scans miss that epoch."""
+    end = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[start:min(start + batch_size, end)] for start in range(0, end, batch_size)]
+
+
+def steps_per_epoch(num_scans: int, batch_size: int, drop_last: bool) -> int:
+    """How many global batches `global_batches` cuts an epoch of `num_scans` scans into."""
+    return num_scans // batch_size if drop_last else -(-num_scans // batch_size)
 
 
 def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

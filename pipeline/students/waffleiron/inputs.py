@@ -11,7 +11,8 @@
 6. back-projection: every original point takes the output of its nearest kept point.
 
 For training (`augmentation=...`, with an explicit `rng`) the voxel keeps a random point,
-then the kept points are subsampled to `max_points` and randomly rotated about z, flipped
+then the kept points are cut to `max_points` (`cap_points`: a ball or a uniform subsample)
+and randomly rotated about z, flipped
 and scaled, and only then cropped, so the features describe the augmented cloud.
 
 `collate` pads several prepared scans into the batch layout of `model.WaffleIron`.
@@ -128,7 +129,7 @@ def prepare_scan(
     """Run the whole pre-processing on one scan (float (M, >=4): x, y, z, intensity, ...).
 
     Without `augmentation` this is the deterministic inference chain. With it, `rng` is
-    required and voxel representatives, subsample and transform are random. Raises
+    required and voxel representatives, cut and transform are random. Raises
     ValueError for non-finite coordinates or when no point lies in the field of view.
     """
     points = np.asarray(points_xyzi)
