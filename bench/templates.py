@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bench.common import Fact, Row, Section, bench_params_data, cosine_check, measure
-from pipeline.config import parse_params
+from bench.common import REPO, Fact, Row, Section, bench_params_data, cosine_check, measure
+from pipeline.config import dvc_stage_sections, parse_params
 from pipeline.teachers import Teacher, build_teacher
 from pipeline.teachers.images import load_images
 from pipeline.teachers.upsampling import mean_normalized_pixel_feature
@@ -59,7 +59,8 @@ def run(world: Path, device: torch.device, runs: int, images_per_class: int, cla
     from bench.vocabulary import prototype_images
 
     section = Section("4. Template features: the teacher over the prototypes")
-    params = parse_params(bench_params_data(world, classes, images_per_class), "bench templates:")
+    params = parse_params(bench_params_data(world, classes, images_per_class), "bench templates:",
+                          dvc_stage_sections(REPO / "dvc.yaml"))
     teacher = build_teacher(params.teacher)
     images = [image for name in tqdm(params.class_names, desc="prototypes") for image in prototype_images(params, name)]
     batch = params.template_features.batch_size

@@ -61,7 +61,7 @@ from bench.common import (
     write_params,
 )
 from pipeline.labelling.classifier import LinearClassifier, fit_classifier, float32_margin, prompt_to_eval_label
-from pipeline.config import Params, parse_params
+from pipeline.config import Params, dvc_stage_sections, parse_params
 from pipeline.datasets import open_reader
 from pipeline.datasets.base import ScanReader
 from pipeline.store.ragged import RaggedReader, RaggedWriter
@@ -151,7 +151,7 @@ def prepare(world: Path, scratch: Path, device: torch.device, classes: int | Non
     """
     data = bench_params_data(world, classes, images_per_class)
     params_file = write_params(scratch, data)
-    params = parse_params(data, f"{params_file}:")
+    params = parse_params(data, f"{params_file}:", dvc_stage_sections(REPO / "dvc.yaml"))
     torch.manual_seed(0)
     save_student(scratch / "cache" / "student", params.student.config.build(), {"teacher": "bench"})
     with inside(scratch):  # the stage as dvc runs it (bench/ imports no stage module)
@@ -242,7 +242,7 @@ def run(world: Path, scratch: Path, device: torch.device, runs: int, student_sec
     setup, data = prepare(world, scratch, device, classes, images_per_class)
     changed = setup.params.class_names[-1]
     data["vocabulary"][changed]["prompts"] = [f"a photo of a {changed} seen from the street"]
-    changed_params = parse_params(data, "bench vocabulary change:")
+    changed_params = parse_params(data, "bench vocabulary change:", dvc_stage_sections(REPO / "dvc.yaml"))
     classifier = refit(setup, changed_params, changed)
 
     ours_labels = labels_from_cache(setup, classifier)
