@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_params  # noqa: E402
+from stages.common import load_project_params  # noqa: E402
 from pipeline.datasets import open_reader  # noqa: E402
 from pipeline.datasets.base import IGNORE_LABEL  # noqa: E402
 from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--points-per-scan", type=int, default=FeaturePcaConfig.points_per_scan)
     args = parser.parse_args()
     os.chdir(args.chain)  # params.yaml and the artifact paths are relative to the chain folder
-    params = load_params("params.yaml")
+    params = load_project_params("params.yaml")
     split = params.dataset.eval_split
     classifier = fit_from_templates(TEMPLATES_FILE, params.class_names, params.label.method)
     to_eval = prompt_to_eval_label([params.vocabulary[c].label for c in params.class_names],

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.config import load_params  # noqa: E402
+from stages.common import load_project_params  # noqa: E402
 from pipeline.datasets import open_reader  # noqa: E402
 from pipeline.students.features import PointFeatureComputer  # noqa: E402
 from pipeline.students.waffleiron import WaffleIron, WaffleIronConfig  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     if args.real_keyframe:
         args.chain = real_keyframe_folder()
     os.chdir(args.chain)
-    params = load_params("params.yaml")
+    params = load_project_params("params.yaml")
     reader = open_reader(params.dataset, params.dataset.eval_split)
     sizes = {scan_id: len(reader.read(scan_id).points) for scan_id in reader.scan_ids}
     scan_id = max(sizes, key=sizes.get)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bench.common import REPO, Fact, Row, Section, bench_params_data, cosine_check, measure
-from pipeline.config import dvc_stage_sections, parse_params
+from pipeline.config import parse_params
+from stages.common import dvc_stage_sections
 from pipeline.teachers import Teacher, build_teacher
 from pipeline.teachers.images import load_images
 from pipeline.teachers.upsampling import mean_normalized_pixel_feature

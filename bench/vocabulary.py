@@ -61,7 +61,8 @@ from bench.common import (
     write_params,
 )
 from pipeline.labelling.classifier import LinearClassifier, fit_classifier, float32_margin, prompt_to_eval_label
-from pipeline.config import Params, dvc_stage_sections, parse_params
+from pipeline.config import Params, parse_params
+from stages.common import dvc_stage_sections
 from pipeline.datasets import open_reader
 from pipeline.datasets.base import ScanReader
 from pipeline.store.ragged import RaggedReader, RaggedWriter

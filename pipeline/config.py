@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 
 from pipeline.config_loading import ConfigError, build, key_path, load_yaml
 from pipeline.datasets import DatasetConfig
@@ -30,11 +29,13 @@ from pipeline.labelling.classifier import LabelConfig
 from pipeline.metrics import EvaluateConfig
 from pipeline.students import StudentConfig
 from pipeline.students.features import PointFeaturesConfig
-from pipeline.teachers import TeacherConfig, TeacherFeaturesConfig, TemplateFeaturesConfig
+from pipeline.teachers import TeacherConfig, TeacherFeaturesConfig, TeacherKindConfig, TemplateFeaturesConfig
 from pipeline.training.config import DistillConfig
 from pipeline.vocabulary import VocabularyClassConfig, class_name_problem
 
 T = TypeVar("T")
+
+FIRST_TEACHER = "teacher"  # the name of the `teacher:` section's teacher among `Params.teachers`
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Params:
     vocabulary: dict[str, VocabularyClassConfig]
     demo_world: DemoWorldPresetConfig = field(default_factory=DemoWorldPresetConfig)
     prototypes: PrototypesConfig = field(default_factory=PrototypesConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: TeacherKindConfig = field(default_factory=TeacherConfig)
+    extra_teachers: dict[str, TeacherKindConfig] = field(default_factory=dict)
     template_features: TemplateFeaturesConfig = field(default_factory=TemplateFeaturesConfig)
     assignments: AssignmentsConfig = field(default_factory=AssignmentsConfig)
     teacher_features: TeacherFeaturesConfig = field(default_factory=TeacherFeaturesConfig)
@@ -58,6 +60,11 @@ class Params:
     # file they came from, for `section`.
     stage_sections: dict[str, Any] = field(default_factory=dict, repr=False)
     where: str = field(default="params:", repr=False)
+
+    @property
+    def teachers(self) -> dict[str, TeacherKindConfig]:
+        """Every teacher by name: `teacher` (the `teacher:` section) first, then `extra_teachers`."""
+        return {FIRST_TEACHER: self.teacher, **self.extra_teachers}
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -88,6 +95,28 @@ def validate_vocabulary(vocabulary: dict[str, VocabularyClassConfig], dataset: D
             )
 
 
+def validate_teachers(params: Params, where: str) -> None:
+    """Extra teachers: plain names (they name folders), the camera input size of `teacher` (the
+    assignments' pixels are in that frame); distillation weights and the label fusion name teachers."""
+    for name, config in params.extra_teachers.items():
+        key = f"{key_path(where, 'extra_teachers')}.{name}"
+        if name == FIRST_TEACHER or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ConfigError(f"{key}: a name of letters, digits, '_' and '-' only, other than {FIRST_TEACHER!r} "
+                              "(it names the teacher's folders in cache/)")
+        if tuple(config.input_size) != tuple(params.teacher.input_size):
+            raise ConfigError(f"{key}.input_size: {list(config.input_size)} differs from teacher.input_size "
+                              f"{list(params.teacher.input_size)}; every teacher reads the camera images at the size "
+                              "the assignments are made for")
+    for name in params.distill.teacher_weights:
+        if name not in params.teachers:
+            raise ConfigError(f"{key_path(where, 'distill')}.teacher_weights.{name}: no such teacher; "
+                              f"the teachers are {', '.join(params.teachers)}")
+    fusions = ("capability", "average", *params.teachers)
+    if params.label.fusion not in fusions:
+        raise ConfigError(f"{key_path(where, 'label')}.fusion: {params.label.fusion!r} is not allowed; choose one of "
+                          f"{', '.join(fusions)}")
+
+
 def validate_distill_datasets(datasets: dict[str, DatasetConfig], where: str) -> None:
     """Each extra distillation dataset's name becomes part of a folder name: keep it plain."""
     for name in datasets:
@@ -115,39 +144,18 @@ def parse_params(data: dict, where: str = "params:", stage_sections: Collection[
     params = replace(build(Params, shared, where), stage_sections=own, where=where)
     validate_vocabulary(params.vocabulary, params.dataset, where)
     validate_distill_datasets(params.distill_datasets, where)
+    validate_teachers(params, where)
     return params
 
 
-def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
-    """The params sections that the stages of `dvc_file` declare (`params:` of each stage).
-
-    A stage that owns a section of its own (one no other stage reads) types it itself with
-    `Params.section`; `parse_params` accepts such a section only when a stage declares it here,
-    so a new stage is its module plus its entries in dvc.yaml and params.yaml.
-    """
-    if not dvc_file.is_file():
-        return ()
-    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
-    sections = []
-    for stage in stages.values():
-        for entry in stage.get("do", stage).get("params", []):
-            if isinstance(entry, str) and not entry.startswith("$"):
-                sections.append(entry.split(".")[0])
-    return tuple(dict.fromkeys(sections))
-
-
-def load_params(path: Path | str = "params.yaml", stage_sections: Collection[str] | None = None) -> Params:
+def load_params(path: Path | str = "params.yaml", stage_sections: Collection[str] = ()) -> Params:
     """Read and validate a params file; errors name the file and the key.
 
-    stage_sections: the sections single stages own (`parse_params`); None: those declared by
-    the project's dvc.yaml: the one beside the file, else the one in the working folder, else
-    the one this code ships with (a scratch folder holding only a params file).
+    stage_sections: the sections single stages own and type themselves (`parse_params`); the
+    project's list comes from its dvc.yaml, which `stages.common.load_project_params` reads.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
-    if stage_sections is None:
-        candidates = (path.parent / "dvc.yaml", Path("dvc.yaml"), Path(__file__).resolve().parents[1] / "dvc.yaml")
-        stage_sections = dvc_stage_sections(next((c for c in candidates if c.is_file()), candidates[0]))
     data = load_yaml(path) or {}
     return parse_params(data, f"{path}:", stage_sections)

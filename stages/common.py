@@ -16,7 +16,9 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from pipeline.config import Params, dvc_stage_sections, load_params  # noqa: F401 (dvc_stage_sections: for callers)
+import yaml
+
+from pipeline.config import FIRST_TEACHER, Params, load_params
 from pipeline.datasets import DatasetConfig
 from pipeline.distributed import world_from_env
 from pipeline.store.atomic import remove_path
@@ -37,6 +39,9 @@ PROTOTYPE_PICTURES = PLOTS / "prototypes"
 TEMPLATES_FILE = CACHE / "template_features" / "templates.safetensors"
 ASSIGNMENTS = CACHE / "assignments"  # /<split key>/ (SplitSource.key)
 TEACHER_FEATURES = CACHE / "teacher_features"  # /<split key>/{patches,taps}
+# The extra teachers' own template features and teacher-feature stores (README, "Several teachers").
+EXTRA_TEMPLATE_FEATURES = CACHE / "extra_template_features"  # /<teacher name>/templates.safetensors
+EXTRA_TEACHER_FEATURES = CACHE / "extra_teacher_features"  # /<teacher name>/<split key>/{patches,taps}
 STUDENT = CACHE / "student"
 LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
 LOSS_PICTURE = PLOTS / "distill" / "train_loss.png"
@@ -47,6 +52,17 @@ PICTURES = PLOTS / "evaluate"
 # a killed stage leaves its half-written artifact here, never inside an output, and the stage
 # clears its folder when it starts again.
 TEMPORARIES = CACHE / ".tmp"
+
+
+def template_file(teacher: str) -> Path:
+    """Where a teacher's template features live: `teacher` (the `teacher:` section's) in
+    cache/template_features, an extra teacher's in cache/extra_template_features/<name>."""
+    return TEMPLATES_FILE if teacher == FIRST_TEACHER else EXTRA_TEMPLATE_FEATURES / teacher / TEMPLATES_FILE.name
+
+
+def teacher_features_folder(teacher: str) -> Path:
+    """The folder of a teacher's feature stores (one sub-folder per split key)."""
+    return TEACHER_FEATURES if teacher == FIRST_TEACHER else EXTRA_TEACHER_FEATURES / teacher
 
 
 @dataclass(frozen=True)
@@ -113,11 +129,40 @@ def start_stage(name: str, args: argparse.Namespace) -> Params:
     return params
 
 
+def dvc_stage_sections(dvc_file: Path) -> tuple[str, ...]:
+    """The params sections that the stages of `dvc_file` declare (`params:` of each stage).
+
+    A stage that owns a section of its own (one no other stage reads) types it itself with
+    `Params.section`; the library accepts such a section only when a stage declares it, so a
+    new stage is its module plus its entries in dvc.yaml and params.yaml.
+    """
+    if not dvc_file.is_file():
+        return ()
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    sections = []
+    for stage in stages.values():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str) and not entry.startswith("$"):
+                sections.append(entry.split(".")[0])
+    return tuple(dict.fromkeys(sections))
+
+
+def project_stage_sections(params_file: Path) -> tuple[str, ...]:
+    """The stage-owned sections of the project a params file belongs to: those its dvc.yaml and
+    the pipeline files one folder down declare. The project is the params file's folder when it
+    holds a dvc.yaml, else the working folder, else the one this code ships with (a scratch
+    folder holding only a params file)."""
+    candidates = (params_file.parent, Path("."), Path(__file__).resolve().parents[1])
+    project = next((folder for folder in candidates if (folder / DVC_FILE).is_file()), candidates[-1])
+    files = [project / DVC_FILE, *sorted(project.glob(f"*/{DVC_FILE}"))]
+    return tuple(dict.fromkeys(section for file in files for section in dvc_stage_sections(file)))
+
+
 def load_project_params(path: Path = PARAMS_FILE) -> Params:
-    """The validated params of the project whose dvc.yaml lies beside `path` (or in the working
-    folder, else the one this code ships with: `load_params`): every stage and command loads
-    params through this."""
-    return load_params(path)  # with the stage-owned sections its dvc.yaml declares
+    """The validated params of a project, with the sections its stages own (see
+    `project_stage_sections`): every stage and command loads params through this."""
+    path = Path(path)
+    return load_params(path, project_stage_sections(path))
 
 
 @contextmanager

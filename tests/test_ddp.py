@@ -17,7 +17,7 @@ import pytest
 import torch
 from chain_runner import REPO, inside, run_stage, small_params, write_params
 
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.seeding import epoch_scan_rng
 from pipeline.store.safetensors import load_safetensors
 from pipeline.training.sampling import epoch_order, global_batches, rank_share
@@ -58,7 +58,7 @@ def test_ranks_share_every_global_batch_and_draw_its_augmentations():
 
 def initial_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The student before training, initialised as the distill stage does."""
-    params = load_params(folder / "params.yaml")
+    params = load_project_params(folder / "params.yaml")
     torch.manual_seed(params.distill.seed)
     return params.student.config.build().state_dict()
 

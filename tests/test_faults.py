@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 from chain_runner import REPO, inside, small_params, write_params
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
+from stages.common import load_project_params
 
 
 # ----------------------------------------------------------------------------- params
@@ -20,7 +21,7 @@ def test_non_finite_float_param_is_refused(tmp_path, key, value):
     params = small_params()
     params["assignments"][key] = value
     with pytest.raises(ConfigError, match=rf"params.yaml: assignments.{key}: must be a finite number"):
-        load_params(write_params(tmp_path, params))
+        load_project_params(write_params(tmp_path, params))
 
 
 def test_key_written_twice_is_refused_with_both_lines(tmp_path):
@@ -31,7 +32,7 @@ def test_key_written_twice_is_refused_with_both_lines(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match=rf"params.yaml: key 'car' is written twice in one mapping, on lines "
                                           rf"{car + 1} and {car + 2}"):
-        load_params(path)
+        load_project_params(path)
 
 
 @pytest.mark.parametrize("name", ["traffic cone", "road/left", "", "-car"])
@@ -39,20 +40,20 @@ def test_class_name_that_breaks_the_pipeline_is_refused(tmp_path, name):
     vocabulary = small_params()["vocabulary"]
     vocabulary[name] = {"label": "car"}
     with pytest.raises(ConfigError, match=r"params.yaml: vocabulary\..*is not a valid class name: use letters, digits"):
-        load_params(write_params(tmp_path, small_params(vocabulary=vocabulary)))
+        load_project_params(write_params(tmp_path, small_params(vocabulary=vocabulary)))
 
 
 def test_one_class_vocabulary_is_refused(tmp_path):
     vocabulary = {"car": small_params()["vocabulary"]["car"]}
     with pytest.raises(ConfigError, match=r"params.yaml: vocabulary: has only one prompt class \(car\); list at least two"):
-        load_params(write_params(tmp_path, small_params(vocabulary=vocabulary)))
+        load_project_params(write_params(tmp_path, small_params(vocabulary=vocabulary)))
 
 
 def test_unknown_top_level_section_is_named(tmp_path):
     params = small_params()
     params["distil"] = {"lr": 0.1}
     with pytest.raises(ConfigError, match=r"params.yaml: distil: unknown section; allowed sections: dataset"):
-        load_params(write_params(tmp_path, params))
+        load_project_params(write_params(tmp_path, params))
 
 
 def test_preset_switches_never_overwrite_earlier_edits(tmp_path):
@@ -85,7 +86,7 @@ def test_distill_values_are_checked_at_load_naming_the_key(tmp_path, key, value,
     params = small_params()
     params["distill"][key] = value
     with pytest.raises(ConfigError, match=rf"params.yaml: distill.{key}: {problem}"):
-        load_params(write_params(tmp_path, params))
+        load_project_params(write_params(tmp_path, params))
 
 
 @pytest.mark.parametrize("section, key", [("template_features", "batch_size"), ("teacher_features", "batch_size"),
@@ -94,7 +95,7 @@ def test_batch_and_count_values_are_checked_at_load_naming_the_key(tmp_path, sec
     params = small_params()
     params[section][key] = 0
     with pytest.raises(ConfigError, match=rf"params.yaml: {section}.{key}: must be > 0, got 0"):
-        load_params(write_params(tmp_path, params))
+        load_project_params(write_params(tmp_path, params))
 
 
 # ----------------------------------------------------------------------------- outputs the user names

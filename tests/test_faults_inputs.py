@@ -112,10 +112,10 @@ def assigned(small_world, tmp_path_factory) -> Path:
 
 def first_scan_images(folder: Path) -> list[Path]:
     """The camera images of the first scan teacher_features reads (the distill split's first)."""
-    from pipeline.config import load_params
+    from stages.common import load_project_params
 
     with inside(folder):
-        params = load_params(Path("params.yaml"))
+        params = load_project_params(Path("params.yaml"))
         reader = open_reader(params.dataset, params.dataset.distill_split)
         return [folder / camera.image_path for camera in reader.read(reader.scan_ids[0]).cameras]
 

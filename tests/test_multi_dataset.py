@@ -9,7 +9,7 @@ import pytest
 import yaml
 from chain_runner import inside, run_stage, small_params, write_params
 
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.config_loading import ConfigError
 from pipeline.store.ragged import RaggedReader
 from pipeline.datasets import DATASET_FORMATS
@@ -28,7 +28,7 @@ def with_kitti(folder, chain) -> dict:
 
 def test_sources_name_their_folders(chain, tmp_path):
     with_kitti(tmp_path / "chain", chain)
-    params = load_params(tmp_path / "chain/params.yaml")
+    params = load_project_params(tmp_path / "chain/params.yaml")
     assert [s.key for s in split_sources(params)] == ["train", "val", "train@kitti"]
     assert [s.key for s in distill_sources(params)] == ["train", "train@kitti"]
     kitti = distill_sources(params)[1]
@@ -44,7 +44,7 @@ def test_two_formats_distil_together(chain, tmp_path, capsys):
             run_stage(stage)
         from stages.distill import distillation_set
 
-        params = load_params("params.yaml")
+        params = load_project_params("params.yaml")
         data = distillation_set(params)
         nuscenes_scans = len(RaggedReader("cache/assignments/train"))
         kitti_scans = len(RaggedReader("cache/assignments/train@kitti"))
@@ -70,4 +70,4 @@ def test_a_bad_dataset_name_is_refused(tmp_path):
     data["distill_datasets"] = {"kitti/odometry": KITTI}
     path = write_params(tmp_path, data)
     with pytest.raises(ConfigError, match=r"distill_datasets.kitti/odometry: a name of letters"):
-        load_params(path)
+        load_project_params(path)

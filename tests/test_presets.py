@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from chain_runner import REPO, inside
 
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.teachers import teacher_shape
 from stages import preset
 
@@ -23,7 +23,7 @@ def test_the_expected_presets_exist():
 def test_preset_validates_and_fits_together(path):
     """Every key is known and well typed, and the values that span sections agree, so no stage
     discovers a bad setting after hours of work."""
-    params = load_params(path)
+    params = load_project_params(path)
     patch_size, embed_dim = teacher_shape(params.teacher)
     assert params.student.out_channels == embed_dim, "the student must predict the teacher's feature width"
     for name in ("input_size", "template_size"):
@@ -32,16 +32,16 @@ def test_preset_validates_and_fits_together(path):
 
 def test_real_data_presets_follow_the_reference():
     for name in ("nuscenes", "nuscenes-mini", "semantic_kitti"):
-        params = load_params(REPO / f"presets/{name}.yaml")
+        params = load_project_params(REPO / f"presets/{name}.yaml")
         unprompted = set(params.dataset.label_map().classes) - {c.label for c in params.vocabulary.values()}
         assert not unprompted, f"{name}: every evaluation class needs a prompt class"
-    nuscenes = load_params(REPO / "presets/nuscenes.yaml")
+    nuscenes = load_project_params(REPO / "presets/nuscenes.yaml")
     assert (nuscenes.dataset.version, nuscenes.dataset.eval_split) == ("v1.0-trainval", "val")
     assert len(nuscenes.dataset.label_map().classes) == 16
     assert nuscenes.teacher.model_name == "vit_large_patch14_dinov2.lvd142m"
     assert nuscenes.teacher.input_size == (448, 896)
     assert (nuscenes.student.waffleiron.width, nuscenes.student.waffleiron.depth, nuscenes.student.waffleiron.head_hidden) == (768, 48, 2048)
-    kitti = load_params(REPO / "presets/semantic_kitti.yaml")
+    kitti = load_project_params(REPO / "presets/semantic_kitti.yaml")
     assert len(kitti.dataset.label_map().classes) == 19
 
 

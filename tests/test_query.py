@@ -20,7 +20,7 @@ from chain_runner import inside
 from PIL import Image
 
 from pipeline.assignments import combine_taps
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.datasets import open_reader
 from pipeline.labelling.query import UNMATCHED, QueryError
 from pipeline.store.ragged import RaggedReader, RaggedWriter
@@ -65,7 +65,7 @@ def world(chain, tmp_path_factory):
 
 def truth_of(folder: Path, label: str) -> dict[str, np.ndarray]:
     """Per scan of the eval split, the mask of the points whose true evaluation label is `label`."""
-    params = load_params(folder / "params.yaml")
+    params = load_project_params(folder / "params.yaml")
     reader = open_reader(params.dataset, params.dataset.eval_split)
     index = reader.label_map.classes.index(label)
     return {scan_id: reader.read(scan_id).labels == index for scan_id in reader.scan_ids}

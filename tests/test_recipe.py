@@ -14,7 +14,7 @@ from chain_runner import REPO
 from conftest import NUSCENES_INTENSITY, TINY_WAFFLEIRON, street
 
 from pipeline.assignments import assign_points
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.datasets.nuscenes import NuScenesReader
 from pipeline.students.inputs import Augmentation, augment_points, ball_crop
 from pipeline.training.config import DistillConfig
@@ -199,7 +199,7 @@ def test_the_loop_drops_the_last_partial_batch(drop_last, steps):
 
 @pytest.mark.parametrize("name", ["nuscenes", "nuscenes-mini", "semantic_kitti"])
 def test_real_presets_use_the_scalr_recipe(name):
-    params = load_params(REPO / "presets" / f"{name}.yaml")
+    params = load_project_params(REPO / "presets" / f"{name}.yaml")
     d = params.distill
     assert (d.camera, d.points, d.cap, d.schedule, d.drop_last) == ("per_scan_epoch", "taught", "ball", "reference", True)
     assert (d.epochs, d.batch_size, d.max_points, d.cooldown_start_epoch) == (65, 8, 20000, 63)

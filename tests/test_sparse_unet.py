@@ -14,7 +14,7 @@ from chain_runner import REPO, inside, run_stage, small_params, write_params
 from conftest import TINY_SPARSE_UNET as TINY
 from conftest import NUSCENES_INTENSITY, street
 
-from pipeline.config import load_params
+from stages.common import load_project_params
 from pipeline.store.ragged import RaggedReader
 from pipeline.students.inputs import (
     Augmentation,
@@ -187,8 +187,8 @@ def test_waffleiron_users_never_import_spconv() -> None:
         "import sys\n"
         "import stages.distill, stages.point_features, stages.convert_checkpoint, pipeline.training.loop\n"
         "from pipeline.students.sparse_unet import SparseUNetConfig\n"
-        "from pipeline.config import load_params\n"
-        "load_params('params.yaml').student.waffleiron.build()\n"
+        "from stages.common import load_project_params\n"
+        "load_project_params('params.yaml').student.waffleiron.build()\n"
         "SparseUNetConfig()\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('spconv', 'cumm'))\n"
         "assert not loaded, loaded\n"
@@ -209,7 +209,7 @@ def test_sparse_student_distills_and_writes_point_features(chain, tmp_path) -> N
 
     described = json.loads((folder / "cache/student/config.json").read_text())
     assert described["arch"] == "sparse_unet"
-    assert SparseUNetConfig.from_dict(described["config"]) == load_params(folder / "params.yaml").student.sparse_unet
+    assert SparseUNetConfig.from_dict(described["config"]) == load_project_params(folder / "params.yaml").student.sparse_unet
     steps = (folder / "plots/distill/train_loss.csv").read_text().splitlines()[1:]
     assert len(steps) == 2
     features, labels = RaggedReader(folder / "cache/point_features/val"), RaggedReader(chain / "cache/predictions/val")

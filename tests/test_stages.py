@@ -17,13 +17,14 @@ from chain_runner import (
     write_params,
 )
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
+from stages.common import load_project_params
 from pipeline.store.ragged import RaggedReader
 from pipeline.store.safetensors import load_safetensors
 
 
 def test_every_stage_writes_its_artifact(chain):
-    params = load_params(chain / "params.yaml")
+    params = load_project_params(chain / "params.yaml")
     for class_name in params.class_names:
         manifest = json.loads((chain / "cache/prototypes" / class_name / "manifest.json").read_text())
         assert len(manifest["images"]) == 2 and manifest["source"] == "procedural"
@@ -68,7 +69,7 @@ def test_chain_is_deterministic(chain, tmp_path):
 def test_empty_vocabulary_is_refused(tmp_path):
     path = write_params(tmp_path, small_params(vocabulary={}))
     with pytest.raises(ConfigError, match="params.yaml: vocabulary: is empty"):
-        load_params(path)
+        load_project_params(path)
 
 
 def test_unknown_evaluation_label_is_named(tmp_path):
@@ -76,14 +77,14 @@ def test_unknown_evaluation_label_is_named(tmp_path):
     vocabulary["pole"]["label"] = "lamppost"
     path = write_params(tmp_path, small_params(vocabulary=vocabulary))
     with pytest.raises(ConfigError, match=r"vocabulary.pole.label: 'lamppost' is not an evaluation class"):
-        load_params(path)
+        load_project_params(path)
 
 
 def test_unknown_params_key_is_named(tmp_path):
     params = small_params()
     params["distill"]["learning_rate"] = 0.1
     with pytest.raises(ConfigError, match=r"params.yaml: distill.learning_rate: unknown key"):
-        load_params(write_params(tmp_path, params))
+        load_project_params(write_params(tmp_path, params))
 
 
 def test_class_with_no_prototype_images_stops_before_writing(tmp_path):

@@ -14,7 +14,8 @@ import torch
 from chain_runner import inside, run_stage, small_params, write_params
 from conftest import TINY_SPARSE_UNET, TINY_WAFFLEIRON, predict, randomise_batchnorms, save_scalr_layout, street
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError
+from stages.common import load_project_params
 from pipeline.datasets import open_reader
 from pipeline.store.ragged import RaggedReader
 from pipeline.students import StudentConfig
@@ -41,14 +42,14 @@ def test_student_config_picks_the_chosen_architecture() -> None:
 
 
 def test_params_file_has_both_sections_and_names_bad_keys(tmp_path) -> None:
-    params = load_params(write_params(tmp_path, small_params()))
+    params = load_project_params(write_params(tmp_path, small_params()))
     assert params.student.arch == "waffleiron" and params.student.out_channels == 192
     assert params.student.sparse_unet.out_channels == 192 and params.point_features.checkpoint is None
     flat = small_params(student={"width": 32})  # the layout before students had several architectures
     with pytest.raises(ConfigError, match=r"student.width: unknown key; allowed keys: arch, waffleiron, sparse_unet"):
-        load_params(write_params(tmp_path, flat))
+        load_project_params(write_params(tmp_path, flat))
     with pytest.raises(ConfigError, match=r"student.arch: 'pointnet' is not allowed"):
-        load_params(write_params(tmp_path, small_params(student={"arch": "pointnet"})))
+        load_project_params(write_params(tmp_path, small_params(student={"arch": "pointnet"})))
 
 
 # --------------------------------------------------------------------------- the student folder
@@ -144,7 +145,7 @@ def test_point_features_runs_a_scalr_checkpoint_without_distillation(chain, tmp_
     with inside(folder):
         run_stage("point_features")
         store = RaggedReader(folder / "cache/point_features/val")
-        reader = open_reader(load_params(folder / "params.yaml").dataset, "val")
+        reader = open_reader(load_project_params(folder / "params.yaml").dataset, "val")
         scan_id = store.scan_ids[0]
         expected = predict(source, reader.read(scan_id).points).half().numpy()
     assert store.attributes["student_teacher"] == "ScaLR checkpoint ckpt_last.pth"
