@@ -9,11 +9,11 @@ step; the count starts again for each split a stage writes). The small world has
 (2 epochs here) makes one step per epoch, so distill:1 dies before its first checkpoint and
 distill:2 after it.
 
-Known limit (seen in CI's run of this test): a killed stage writes only into its scratch folder,
-so DVC finds its outs intact and the next `dvc repro` has nothing to redo; the byte check then
-proves the outs survived the kill untouched, not a recomputation. Recomputation after a kill is
-covered by tests/test_resume.py (distill resumes to the same weights) and tests/test_sharding.py;
-forcing the rerun here (`dvc repro --force --single-item <stage>`) is the next step.
+After each kill the test forces the killed stage to run again (`dvc repro --force --single-item
+<stage> --no-run-cache`: the outs were left intact, so a plain `dvc repro` would redo nothing)
+and checks that the recomputation writes the uninterrupted run's bytes; distill resumes from
+the checkpoint its killed run left, and that checkpoint is gone once the rerun ends. A plain
+`dvc repro` afterwards then finds everything up to date.
 """
 
 from __future__ import annotations
@@ -63,12 +63,15 @@ def test_killed_heavy_stages_rerun_to_the_same_bytes(tmp_path):
                              env_extra={"IGLOSS_KILL_AT": where})
             assert killed.returncode != 0, f"{where}: the stage was not killed:\n{killed.stdout}"
             assert stray_files(folder, outs) == [], f"{where}: a temporary was left inside a DVC out"
-            # Reruns what the kill left undone (distill resumes from its checkpoint); not from the
-            # run cache, which would restore the uninterrupted run's bytes without computing them.
-            dvc_ok(folder, "repro", "--no-run-cache")
+            # Recompute the killed stage (its outs are intact, so only --force reruns it); not from
+            # the run cache, which would restore the uninterrupted run's bytes without computing them.
+            dvc_ok(folder, "repro", "--force", "--single-item", "--no-run-cache", stage)
             again = [tree_hash(folder / o) if (folder / o).is_dir() else (folder / o).read_bytes()
                      for o in outs[stage]]
             assert again == reference[stage], f"{where}: the rerun wrote other bytes than an uninterrupted run"
             assert stray_files(folder, outs) == [], f"{where}: a temporary was left inside a DVC out"
-            status = json.loads(dvc_ok(folder, "status", "--json") or "{}")
+            assert not (folder / "cache/distill_checkpoint").exists() or not any(
+                (folder / "cache/distill_checkpoint").iterdir()), f"{where}: a finished distill left its checkpoint"
+            dvc_ok(folder, "repro")
+            status = json.loads(dvc_ok(folder, "status", "dvc.yaml", "--json") or "{}")
             assert status == {}, f"{where}: dvc status is not clean after the rerun: {status}"
