@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from bench.common import REPO, Fact, Row, Section, bench_params_data, cosine_check, measure
 from pipeline.config import parse_params
-from stages.common import dvc_stage_sections
+from stages.common import project_stage_sections
 from pipeline.teachers import Teacher, build_teacher
 from pipeline.teachers.images import load_images
 from pipeline.teachers.upsampling import mean_normalized_pixel_feature
@@ -61,7 +61,7 @@ def run(world: Path, device: torch.device, runs: int, images_per_class: int, cla
 
     section = Section("4. Template features: the teacher over the prototypes")
     params = parse_params(bench_params_data(world, classes, images_per_class), "bench templates:",
-                          dvc_stage_sections(REPO / "dvc.yaml"))
+                          project_stage_sections(REPO / "params.yaml"))
     teacher = build_teacher(params.teacher)
     images = [image for name in tqdm(params.class_names, desc="prototypes") for image in prototype_images(params, name)]
     batch = params.template_features.batch_size

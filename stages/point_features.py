@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline.datasets import open_reader
 from pipeline.distributed import ShardedOutput, launched
+from pipeline.store.ragged import Chunking
 from pipeline.kill_switch import kill_point
 from pipeline.labelling.feature_pca import (
     VALID_COLUMN,
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         elif world.is_main:
             basis_file.unlink(missing_ok=True)  # a basis of an earlier run must not outlive it
         columns = reduced_columns(basis) if basis else {"feature": ("float16", (dim,)), VALID_COLUMN: ("bool", ())}
-        with ShardedOutput(out, reader.scan_ids, world, scratch=scratch) as output, \
+        with ShardedOutput(out, reader.scan_ids, world, scratch=scratch,
+                           chunking=Chunking(compressor=params.point_features.compression)) as output, \
              output.ragged(None, columns, attributes=attributes) as writer:
             for done, scan_id in enumerate(tqdm(output.scan_ids, desc=f"point features {split}", unit="scan",
                                                 disable=not world.is_main), start=1):

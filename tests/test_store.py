@@ -296,3 +296,21 @@ def test_direct_read_decodes_what_zarr_decodes(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"camera/c/0: the shard index fails its checksum"):
         RaggedReader(path).read(scans[1][0])
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "lz4"])
+def test_either_codec_reads_back_the_same_arrays(tmp_path, compressor):
+    """The writer's codec is its own choice (point_features writes lz4, the rest zstd): both
+    readers decode either, and the codec is what the shards' metadata names."""
+    scans = _scans()
+    path = _write(tmp_path / "store", scans, compressor=compressor, **SMALL)
+    meta = json.loads((path / "0" / "feature" / "zarr.json").read_text())
+    assert meta["codecs"][0]["configuration"]["codecs"][1]["configuration"]["cname"] == compressor
+    for reader in (RaggedReader(path), RaggedReader(path, direct=False)):
+        for scan_id, arrays in scans:
+            np.testing.assert_array_equal(reader.read(scan_id)["feature"], arrays["feature"].astype(np.float16))
+
+
+def test_unknown_codec_is_refused_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"compressor 'gzip': one of zstd, lz4"):
+        _write(tmp_path / "store", _scans(), compressor="gzip")

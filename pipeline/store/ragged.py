@@ -25,7 +25,7 @@ reread, decode and re-encode everything after the parallel work: about 0.5 TB of
 teacher features for nuScenes train, 0.4 TB of point features for its val split.)
 
 Each column of a block is chunked along rows (about `chunk_bytes` uncompressed per chunk,
-a power of two rows, blosc zstd + byte shuffle) and the chunks are packed into zarr v3
+a power of two rows, blosc zstd or lz4 + byte shuffle) and the chunks are packed into zarr v3
 shards of `chunks_per_shard` chunks, one file per shard. Reading a scan decodes only the
 chunks its rows touch (the shard index says where they lie), straight into the output
 (`_ShardedColumn`, which reads the writer's shards without zarr's copies). A store has 1 + B * (1 + C)
@@ -41,7 +41,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import google_crc32c  # zarr's own checksum library (a dependency of zarr 3)
 import numpy as np
@@ -56,6 +56,7 @@ RAGGED_FORMAT = "igloss-ragged"
 RAGGED_VERSION = 2
 DEFAULT_SCANS_PER_BLOCK = 256
 MAX_BLOCKS = 64  # blocks of a store whose scans are known up front
+Compressor = Literal["zstd", "lz4"]
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,20 @@ class Chunking:
 
     chunk_bytes: uncompressed bytes per chunk (rows rounded down to a power of two); the unit
         a read decodes. chunks_per_shard: chunks packed into one shard file (None: one file
-        per chunk); the writer buffers up to one shard per column. compression_level: zstd
-        level of blosc (byte shuffle).
+        per chunk); the writer buffers up to one shard per column. compression_level: the
+        blosc level (byte shuffle). compressor: blosc's zstd (smaller) or lz4 (decodes about
+        10x faster, for a store read again and again, like the point features a vocabulary
+        change relabels; bench `vocabulary` measures both). Readers need not know which.
     """
 
     chunk_bytes: int = 4 << 20
     chunks_per_shard: int | None = 64
     compression_level: int = 3
+    compressor: Compressor = "zstd"
+
+    def __post_init__(self) -> None:
+        if self.compressor not in get_args(Compressor):
+            raise ValueError(f"compressor {self.compressor!r}: one of {', '.join(get_args(Compressor))}")
 
 
 class _BlockWriter:
@@ -210,7 +218,7 @@ class _BlockWriter:
                 dtype=spec.dtype,
                 chunks=(rows, *spec.inner_shape),
                 shards=(shard, *spec.inner_shape) if shard else None,
-                compressors=BloscCodec(cname="zstd", clevel=chunking.compression_level, shuffle="shuffle"),
+                compressors=BloscCodec(cname=chunking.compressor, clevel=chunking.compression_level, shuffle="shuffle"),
                 fill_value=0,
             )
             self._flush_rows[name] = shard or rows
@@ -418,7 +426,7 @@ class RaggedWriter:
         scans_per_block: scans per block (see the module docstring). A writer that knows its
             scans up front should pass `scans_per_block(len(scans))`, as
             `pipeline.distributed.ShardedOutput` does.
-        chunk_bytes, chunks_per_shard, compression_level: see `Chunking`.
+        chunk_bytes, chunks_per_shard, compression_level, compressor: see `Chunking`.
 
     >>> columns = {"point_index": ("int32", ()), "camera": ("uint8", ())}
     >>> with RaggedWriter(out, columns) as writer:                      # doctest: +SKIP
@@ -435,6 +443,7 @@ class RaggedWriter:
         chunk_bytes: int = Chunking.chunk_bytes,
         chunks_per_shard: int | None = Chunking.chunks_per_shard,
         compression_level: int = Chunking.compression_level,
+        compressor: Compressor = Chunking.compressor,
         scratch: str | Path | None = None,
     ) -> None:
         self.columns = _column_specs(columns)
@@ -442,7 +451,7 @@ class RaggedWriter:
         self._atomic = AtomicPath(path, scratch=scratch)
         self._atomic.tmp.mkdir()
         self._blocks = _BlockWriter(self._atomic.tmp, self.columns, scans_per_block,
-                                    Chunking(chunk_bytes, chunks_per_shard, compression_level))
+                                    Chunking(chunk_bytes, chunks_per_shard, compression_level, compressor))
         self._scan_ids: list[str] = []
         self._seen: set[str] = set()
         self._open = True
