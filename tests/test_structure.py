@@ -85,16 +85,16 @@ def test_a_stage_owned_section_needs_no_change_to_the_library(tmp_path):
         lr: float = 0.1
 
     params = small_params()
-    params["linear_probe"] = {"epochs": 5}
+    params["toy_probe"] = {"epochs": 5}
     write_params(tmp_path, params)
-    with pytest.raises(ConfigError, match=r"params.yaml: linear_probe: unknown section"):
+    with pytest.raises(ConfigError, match=r"params.yaml: toy_probe: unknown section"):
         load_project_params(tmp_path / "params.yaml")
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    dvc["stages"]["linear_probe"] = {"cmd": "python -m stages.linear_probe", "params": ["linear_probe", "dataset"]}
+    dvc["stages"]["toy_probe"] = {"cmd": "python -m stages.toy_probe", "params": ["toy_probe", "dataset"]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
     loaded = load_project_params(tmp_path / "params.yaml")
-    assert loaded.section("linear_probe", ProbeConfig) == ProbeConfig(epochs=5, lr=0.1)
-    params["linear_probe"] = {"epochs": 5, "momentum": 0.9}
+    assert loaded.section("toy_probe", ProbeConfig) == ProbeConfig(epochs=5, lr=0.1)
+    params["toy_probe"] = {"epochs": 5, "momentum": 0.9}
     write_params(tmp_path, params)
-    with pytest.raises(ConfigError, match=r"params.yaml: linear_probe.momentum: unknown key"):
-        load_project_params(tmp_path / "params.yaml").section("linear_probe", ProbeConfig)
+    with pytest.raises(ConfigError, match=r"params.yaml: toy_probe.momentum: unknown key"):
+        load_project_params(tmp_path / "params.yaml").section("toy_probe", ProbeConfig)
