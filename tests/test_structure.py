@@ -92,6 +92,9 @@ def test_a_stage_owned_section_needs_no_change_to_the_library(tmp_path):
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc["stages"]["toy_probe"] = {"cmd": "python -m stages.toy_probe", "params": ["toy_probe", "dataset"]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    for other in REPO.glob("*/dvc.yaml"):  # the project's other pipeline files declare sections too
+        (tmp_path / other.parent.name).mkdir()
+        (tmp_path / other.parent.name / "dvc.yaml").write_text(other.read_text())
     loaded = load_project_params(tmp_path / "params.yaml")
     assert loaded.section("toy_probe", ProbeConfig) == ProbeConfig(epochs=5, lr=0.1)
     params["toy_probe"] = {"epochs": 5, "momentum": 0.9}
