@@ -221,6 +221,17 @@ def test_scan_whose_points_are_all_nan_names_the_file(small_world, tmp_path):
         reader.read(f"00/{scan.stem}")
 
 
+def test_scan_file_without_any_point_names_the_file(small_world, tmp_path):
+    """Fault: an empty scan file ended far downstream in a message that named no file."""
+    root = copy_world(small_world, tmp_path) / "semantic_kitti"
+    scan = sorted((root / "sequences" / "00" / "velodyne").glob("*.bin"))[0]
+    scan.write_bytes(b"")
+    (root / "sequences" / "00" / "labels" / f"{scan.stem}.label").write_bytes(b"")
+    reader = SemanticKittiReader(root, "train")
+    with pytest.raises(DatasetError, match=rf"^{scan}: the point file holds no point \(scan 00/{scan.stem}\)"):
+        reader.read(f"00/{scan.stem}")
+
+
 def test_full_disk_while_writing_names_the_artifact_and_leaves_nothing(small_checkpoint, tmp_path, monkeypatch,
                                                                        capsys):
     """Fault: a full disk (ENOSPC) ended in `[Errno 28] No space left on device` naming no artifact."""

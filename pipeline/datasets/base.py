@@ -201,12 +201,17 @@ def drop_non_finite(
     scan_id: str, points: np.ndarray, labels: np.ndarray | None, source: Path
 ) -> tuple[np.ndarray, np.ndarray | None, DroppedPoints | None]:
     """Remove points with NaN or inf values, logging every drop; returns the kept points and
-    labels and what was dropped (None when every point is finite: points come back as given)."""
+    labels and what was dropped (None when every point is finite: points come back as given).
+    A file with no point at all, or none finite, is refused naming it: every stage would
+    otherwise fail later with a message that names no file."""
+    if len(points) == 0:
+        raise DatasetError(f"{source}: the point file holds no point (scan {scan_id}); an empty or truncated "
+                           "file: restore it from the dataset")
     finite = np.isfinite(points).all(axis=1)
     count = int((~finite).sum())
     if not count:
         return points, labels, None
-    if count == len(points):  # no point left: every stage would fail later, naming no file
+    if count == len(points):
         raise DatasetError(f"{source}: all {count} points have NaN or infinite values (scan {scan_id}); "
                            "the point file is damaged")
     log.warning("%s: dropped %d of %d points with NaN/inf values (scan %s)",
