@@ -89,7 +89,8 @@ def collect(reader: NuScenesReader, teacher: Teacher | None, input_size, mode: s
         record = reader.read(scan_id)
         assigned = assign_points(record, input_size, PATCH, 1.0, OCCLUSION_CELL)
         if teacher is not None:
-            images = torch.stack([teacher.load_image(cam.image_path) for cam in record.cameras])
+            images = torch.stack([teacher.load_image(cam.image_path, (cam.height, cam.width))
+                                  for cam in record.cameras])
             patch_feats = teacher.patch_features(images)
         for cam in np.unique(assigned.camera):
             sel = assigned.camera == cam

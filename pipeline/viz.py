@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.patches import Patch
 from PIL import Image
 
-from pipeline.datasets.base import IGNORE_LABEL, ScanRecord
+from pipeline.datasets.base import IGNORE_LABEL, CameraView, ScanRecord
 from pipeline.geometry import project_to_cameras
 
 IGNORED_COLOUR = (0.6, 0.6, 0.6, 1.0)
@@ -53,12 +53,22 @@ def draw_bev(ax, xyz: np.ndarray, labels: np.ndarray, extent: float = 50.0, titl
     ax.tick_params(labelsize=7)
 
 
+def camera_picture(camera: CameraView) -> np.ndarray:
+    """A camera's image as (H, W, 3) uint8 array, checked against the size its calibration
+    is for (a picture of another size would put every point on the wrong pixel)."""
+    with Image.open(camera.image_path) as image:
+        if image.size != (camera.width, camera.height):
+            raise ValueError(f"{camera.image_path}: the image is {image.size[0]}x{image.size[1]} pixels but its "
+                             f"calibration is for {camera.width}x{camera.height} (width x height), so the picture "
+                             "would put the points on the wrong pixels; put back the image of the calibrated size")
+        return np.asarray(image.convert("RGB"))
+
+
 def draw_camera_overlay(ax, record: ScanRecord, labels: np.ndarray, camera_index: int = 0) -> None:
     """Points of the scan projected into one camera, coloured by label, over the image."""
     camera = record.cameras[camera_index]
     pairs = project_to_cameras(record.points[:, :3], [camera])
-    with Image.open(camera.image_path) as image:
-        ax.imshow(np.asarray(image.convert("RGB")))
+    ax.imshow(camera_picture(camera))
     ax.scatter(pairs.pixel[:, 0], pairs.pixel[:, 1], c=class_colours(labels[pairs.point_index]),
                s=2.5, linewidths=0)
     ax.set_xlim(0, camera.width)
@@ -233,8 +243,7 @@ def draw_matches_camera(ax, record: ScanRecord, match: np.ndarray, names: Sequen
     """One camera image with the scan's points projected: faint grey, matched ones in their name's colour."""
     camera = record.cameras[camera_index]
     pairs = project_to_cameras(record.points[:, :3], [camera])
-    with Image.open(camera.image_path) as image:
-        ax.imshow(np.asarray(image.convert("RGB")))
+    ax.imshow(camera_picture(camera))
     matched = match[pairs.point_index]
     rest = matched < 0
     ax.scatter(pairs.pixel[rest, 0], pairs.pixel[rest, 1], color=UNMATCHED_COLOUR, s=1.0, alpha=0.3, linewidths=0)

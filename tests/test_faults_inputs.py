@@ -142,6 +142,22 @@ def test_camera_image_of_another_size_than_its_calibration_stops_naming_both_siz
     assert not list((folder / "cache").glob("teacher_features/*"))  # no artifact, not even a half one
 
 
+def test_camera_picture_of_another_size_than_its_calibration_is_refused(tmp_path):
+    """Fault: the pictures (scan previews, query matches) drew an image of another size than its
+    calibration with the points on the wrong pixels."""
+    from pipeline.datasets.base import CameraView
+    from pipeline.viz import camera_picture
+
+    path = tmp_path / "cam.jpg"
+    Image.new("RGB", (64, 32)).save(path)
+    camera = CameraView(name="CAM", image_path=path, lidar_to_camera=np.eye(4), intrinsics=np.eye(3),
+                        width=64, height=32)
+    assert camera_picture(camera).shape == (32, 64, 3)
+    Image.new("RGB", (128, 32)).save(path)
+    with pytest.raises(ValueError, match=rf"^{path}: the image is 128x32 pixels but its calibration is for 64x32"):
+        camera_picture(camera)
+
+
 # ------------------------------------------------------------------- item 5: SemanticKITTI labels
 
 
