@@ -35,7 +35,7 @@ from pipeline.vocabulary import VocabularyClassConfig, class_name_problem
 
 T = TypeVar("T")
 
-FIRST_TEACHER = "teacher"  # the name of the `teacher:` section's teacher among `Params.teachers`
+FIRST_TEACHER = "teacher"  # the name of the `teacher:` section's teacher among `Params.all_teachers`
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Params:
     where: str = field(default="params:", repr=False)
 
     @property
-    def teachers(self) -> dict[str, TeacherKindConfig]:
+    def all_teachers(self) -> dict[str, TeacherKindConfig]:
         """Every teacher by name: `teacher` (the `teacher:` section) first, then `extra_teachers`."""
         return {FIRST_TEACHER: self.teacher, **self.extra_teachers}
 
@@ -108,10 +108,10 @@ def validate_teachers(params: Params, where: str) -> None:
                               f"{list(params.teacher.input_size)}; every teacher reads the camera images at the size "
                               "the assignments are made for")
     for name in params.distill.teacher_weights:
-        if name not in params.teachers:
+        if name not in params.all_teachers:
             raise ConfigError(f"{key_path(where, 'distill')}.teacher_weights.{name}: no such teacher; "
-                              f"the teachers are {', '.join(params.teachers)}")
-    fusions = ("capability", "average", *params.teachers)
+                              f"the teachers are {', '.join(params.all_teachers)}")
+    fusions = ("capability", "average", *params.all_teachers)
     if params.label.fusion not in fusions:
         raise ConfigError(f"{key_path(where, 'label')}.fusion: {params.label.fusion!r} is not allowed; choose one of "
                           f"{', '.join(fusions)}")

@@ -6,7 +6,10 @@ floats, bools, strings, Literal choices, Optional, tuples, dicts and nested data
 and stops with a `ConfigError` naming the full key (e.g. `params.yaml: distill.lr`) and
 what was expected. Nothing is coerced silently, except ints where floats are expected and
 lists where tuples are expected (YAML has no tuples). NaN and infinity are refused for every
-float. `load_yaml` reads a file and refuses a key written twice in one mapping.
+float. A union of dataclasses that each have a one-value Literal field `kind` is a table of
+kinds: the mapping's `kind` picks the class (none given: the first), so an error names that
+class's keys, not every option's. `load_yaml` reads a file and refuses a key written twice in
+one mapping.
 """
 
 from __future__ import annotations
@@ -91,6 +94,13 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
             if type(None) in options:
                 return None
             raise ConfigError(f"{where}: must not be null")
+        kinds = _kinds(options)
+        if kinds and isinstance(value, dict):  # a table of kinds: the `kind` key chooses the class
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{key_path(where, 'kind')}: {kind!r} is not allowed; choose one of "
+                                  f"{', '.join(map(repr, kinds))}")
+            return build(kinds[kind], value, where)
         errors = []
         for option in options:
             if option is type(None):
@@ -125,6 +135,23 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a bug in a config class
+
+
+def _kinds(options: tuple) -> dict[str, type]:
+    """The classes of a union told apart by their `kind` field (a one-value Literal, also its
+    default), keyed by kind, first option first; {} when the union is not such a table. A mapping
+    without `kind` takes the first."""
+    kinds = {}
+    for option in options:
+        if option is type(None):
+            continue
+        if not dataclasses.is_dataclass(option):
+            return {}
+        hint = get_type_hints(option).get("kind")
+        if get_origin(hint) is not Literal or len(get_args(hint)) != 1:
+            return {}
+        kinds[get_args(hint)[0]] = option
+    return kinds
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

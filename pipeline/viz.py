@@ -186,7 +186,7 @@ def save_contact_sheet(images_by_class: dict[str, list[Image.Image]], out_path: 
 
 
 def save_loss_curve(steps: Sequence[int], losses: Sequence[float], learning_rates: Sequence[float],
-                    out_path: Path) -> Path:
+                    out_path: Path, title: str = "distillation", ylabel: str = "loss (normalised L2)") -> Path:
     """The distillation loss per optimiser step (log scale) with the learning rate beneath it.
 
     A picture of the same numbers as the loss csv, so the curve shows in `dvc plots show`
@@ -196,8 +196,8 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], learning_rate
                                          layout="constrained")
     loss_ax.plot(steps, losses, linewidth=0.8, color="tab:blue")
     loss_ax.set_yscale("log")
-    loss_ax.set_ylabel("loss (normalised L2)")
-    loss_ax.set_title(f"distillation: {len(steps)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", fontsize=10)
+    loss_ax.set_ylabel(ylabel)
+    loss_ax.set_title(f"{title}: {len(steps)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}", fontsize=10)
     loss_ax.grid(True, which="both", alpha=0.3)
     lr_ax.plot(steps, learning_rates, linewidth=0.8, color="tab:orange")
     lr_ax.set_ylabel("learning rate")

@@ -47,7 +47,13 @@ LOSS_LOG = PLOTS / "distill" / "train_loss.csv"
 LOSS_PICTURE = PLOTS / "distill" / "train_loss.png"
 POINT_FEATURES = CACHE / "point_features"  # /<split>/
 PREDICTIONS = CACHE / "predictions"  # /<split>/
+CAPABILITY_FILE = METRICS / "capability.json"  # per teacher (the capability stage)
 PICTURES = PLOTS / "evaluate"
+# The segmenter stages (segmenters/dvc.yaml, run by `dvc repro segmenters/dvc.yaml`, never by the
+# zero-shot `dvc repro`): the distillation split's point features and labels they train on, and
+# each stage's weights, metrics and plots (`segmenter_outputs`).
+DISTILL_SPLIT = CACHE / "distill_split"  # /point_features/<split>/, /predictions/<split>/
+SEGMENTERS = CACHE / "segmenters"  # /<stage>.safetensors
 # The stages' temporaries, one folder per stage, outside every DVC out (and every dependency):
 # a killed stage leaves its half-written artifact here, never inside an output, and the stage
 # clears its folder when it starts again.
@@ -93,6 +99,41 @@ def split_sources(params: Params) -> list[SplitSource]:
     if params.dataset.eval_split != params.dataset.distill_split:
         sources.insert(1, SplitSource(params.dataset.eval_split, params.dataset, params.dataset.eval_split))
     return sources
+
+
+@dataclass(frozen=True)
+class SplitFolders:
+    """Where point_features and label write one split: `--split eval` (the zero-shot chain:
+    the evaluation split) or `--split distill` (the distillation split, which only the
+    segmenter stages ask for, in cache/distill_split)."""
+
+    split: str
+    point_features: Path
+    predictions: Path
+
+
+def split_folders(params: Params, which: str) -> SplitFolders:
+    if which == "eval":
+        split = params.dataset.eval_split
+        return SplitFolders(split, POINT_FEATURES / split, PREDICTIONS / split)
+    split = params.dataset.distill_split
+    if split == params.dataset.eval_split:
+        raise ValueError(f"params.yaml: dataset.distill_split and dataset.eval_split are both {split!r}; the "
+                         "segmenter stages train on the one and evaluate on the other")
+    return SplitFolders(split, DISTILL_SPLIT / "point_features" / split, DISTILL_SPLIT / "predictions" / split)
+
+
+def add_split_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--split", choices=("eval", "distill"), default="eval",
+                        help="eval: the evaluation split (default); distill: the distillation split, for the "
+                             "segmenter stages (segmenters/dvc.yaml)")
+    return parser
+
+
+def segmenter_outputs(name: str) -> dict[str, Path]:
+    """A segmenter stage's weights, metrics and plots (segmenters/dvc.yaml) and its scratch."""
+    return {"weights": SEGMENTERS / f"{name}.safetensors", "metrics": METRICS / f"{name}.json",
+            "plots": PLOTS / name, "scratch": stage_scratch(name)}
 
 
 def stage_arguments(description: str) -> argparse.ArgumentParser:

@@ -3,8 +3,9 @@
     python -m stages.distill
     torchrun --nproc_per_node 4 -m stages.distill     # 4 processes (GPUs), the same result
 
-Reads the scans, assignments and teacher features of the distillation split and of each
-entry of `distill_datasets` (merged into one training set, each dataset with its own
+Reads the scans, assignments and teacher features (of every teacher: with `extra_teachers`,
+one head per teacher on the shared network, README "Several teachers") of the distillation
+split and of each entry of `distill_datasets` (merged into one training set, each dataset with its own
 intensity standardisation, as ScaLR+ merges nuScenes, SemanticKITTI and PandaSet); writes
 cache/student/ (model.safetensors, config.json) and plots/distill/train_loss.csv (one row per
 optimiser step: step, epoch, lr, loss, pairs) and its picture plots/distill/train_loss.png,
@@ -43,6 +44,7 @@ from stages.common import (
     STUDENT,
     TEACHER_FEATURES,
     distill_sources,
+    teacher_features_folder,
     human_size,
     run_command,
     stage_arguments,
@@ -56,10 +58,12 @@ CHECKPOINT = CACHE / "distill_checkpoint"
 
 def distillation_set(params: Params) -> DistillationSet:
     """Every distillation source (`stages.common.distill_sources`) as one training set, read from
-    its folders in cache/assignments and cache/teacher_features."""
+    its folders in cache/assignments and cache/teacher_features (and each extra teacher's in
+    cache/extra_teacher_features)."""
     return DistillationSet([SourceLoader(source.key, open_reader(source.dataset, source.split),
                                          source.dataset.intensity_stats(), ASSIGNMENTS / source.key,
-                                         TEACHER_FEATURES / source.key)
+                                         TEACHER_FEATURES / source.key,
+                                         [teacher_features_folder(name) / source.key for name in params.extra_teachers])
                             for source in distill_sources(params)])
 
 
@@ -72,9 +76,13 @@ def main(argv: list[str] | None = None) -> None:
         data = distillation_set(params)
         arch = params.student.arch
         if params.student.out_channels != data.dim:
+            widths = " + ".join(f"{dim} ({name})" for name, dim in zip(params.all_teachers, data.dims))
             raise ConfigError(
                 f"{args.params}: student.{arch}.out_channels is {params.student.out_channels} but the teacher "
-                f"features have {data.dim} channels; set student.{arch}.out_channels: {data.dim}")
+                f"features have {widths} channels; set student.{arch}.out_channels: {data.dim}")
+        # One head per teacher: consecutive blocks of the student's output channels (README, "Several teachers").
+        heads = [{"name": name, "dim": dim, "weight": cfg.teacher_weights.get(name, 1.0)}
+                 for name, dim in zip(params.all_teachers, data.dims)]
         torch.manual_seed(cfg.seed)  # weight init
         model = params.student.config.build()
         fingerprint = run_fingerprint(cfg, data, student=params.student, dataset=params.dataset,
@@ -82,14 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         checkpoints = Checkpoints(CHECKPOINT, fingerprint, cfg.checkpoint_every_epochs)
         with launched() as world:  # one process, or this rank of torchrun's (its GPU on CUDA)
             check_precision(cfg.precision, world.device, f"{args.params}: distill.precision")
-            history = distill_student(model, data.scan_ids, data, cfg, world.device,
-                                      checkpoints=checkpoints, world=world)
+            history = distill_student(model, data.scan_ids, data, cfg, world.device, checkpoints=checkpoints,
+                                      world=world, heads=[(h["dim"], h["weight"]) for h in heads]
+                                      if len(heads) > 1 else None)
         if not world.is_main:
             return
         with atomic_output(STUDENT, scratch) as tmp:
             save_student(tmp, model, {"teacher": data.teacher,
                                       "epochs": cfg.epochs, "steps": len(history),
-                                      "final_loss": history[-1].loss})
+                                      "final_loss": history[-1].loss}
+                         | ({"heads": heads} if len(heads) > 1 else {}))
         with atomic_output(LOSS_LOG, scratch) as tmp:
             with tmp.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))

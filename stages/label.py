@@ -12,6 +12,17 @@ one label), and labels:
 - the 2D baseline: every point some camera sees, from the teacher feature of its pixel
   (`baseline`; 255 for points no camera sees), as OpenScene's 2D fusion does; a point seen by
   several cameras takes the mean of their features.
+With `extra_teachers` (README, "Several teachers") each teacher has its own classifier, on its
+template features and its head of the point features (its own teacher features for the 2D
+baseline), and each point's label fuses theirs as `label.fusion` says: "capability" (SAS: by the
+teachers' per-class capability on the prototypes, measured as the capability stage does with
+`capability.folds`), "average", or one teacher's name
+(pipeline/labelling/fusion.py).
+With `label.regions.method` set, each point's class is pooled over its 3D segment of the scan
+(its coordinates read from the dataset; pipeline/labelling/regions.py); the 2D baseline is not.
+With `--split distill` it labels the distillation split instead (its point features from
+cache/distill_split/point_features/), into cache/distill_split/predictions/<split>/: the
+pseudo-labels the self_train stage trains on (segmenters/dvc.yaml).
 Writes cache/predictions/<split>/, a ragged zarr store of uint8 columns per scan, one row per
 raw point of the scan file in file order, like the point features: the points the reader
 dropped for NaN/inf coordinates (`valid` false in the point features) get 255 in both
@@ -25,16 +36,19 @@ import torch
 from tqdm import tqdm
 
 from pipeline.assignments import combine_taps, per_point_mean
+from pipeline.datasets import open_reader
 from pipeline.datasets.base import IGNORE_LABEL
 from pipeline.kill_switch import kill_point
 from pipeline.labelling.classifier import fit_from_templates, prompt_to_eval_label
+from pipeline.labelling.capability import CapabilityConfig
+from pipeline.labelling.fusion import fit_ensemble
 from pipeline.labelling.point_features import PointFeatureReader
+from pipeline.labelling.regions import region_labels
 from pipeline.store.ragged import RaggedReader, RaggedWriter
 from stages.common import (
+    add_split_option,
+    split_folders,
     ASSIGNMENTS,
-    POINT_FEATURES,
-    PREDICTIONS,
-    TEACHER_FEATURES,
     TEMPLATES_FILE,
     human_size,
     run_command,
@@ -42,38 +56,60 @@ from stages.common import (
     stage_scratch,
     start_stage,
     summary,
+    teacher_features_folder,
+    template_file,
 )
 
 
+def pixel_rows(patches: RaggedReader, taps: RaggedReader, scan_id: str) -> torch.Tensor:
+    """One teacher's (A, D) feature at each assignment row of a scan."""
+    tap = taps.read(scan_id)
+    return combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
+                        torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = stage_arguments(__doc__).parse_args(argv)
+    args = add_split_option(stage_arguments(__doc__)).parse_args(argv)
     params = start_stage("label", args)
-    split = params.dataset.eval_split
-    out = PREDICTIONS / split
+    folders = split_folders(params, args.split)
+    split, out = folders.split, folders.predictions
     with summary("label") as facts:
-        classifier = fit_from_templates(TEMPLATES_FILE, params.class_names, params.label.method)
+        features = PointFeatureReader(folders.point_features)
+        # Each teacher's feature stores of the split; with several teachers, one classifier per
+        # teacher over its head's columns, fused as `label.fusion` says (pipeline/labelling/fusion.py).
+        stores = [(RaggedReader(teacher_features_folder(name) / split / "patches"),
+                   RaggedReader(teacher_features_folder(name) / split / "taps")) for name in params.all_teachers]
+        classifier = (fit_from_templates(TEMPLATES_FILE, params.class_names, params.label.method)
+                      if len(params.all_teachers) == 1 else fit_ensemble(
+                          {name: template_file(name) for name in params.all_teachers},
+                          {name: patches.columns["feature"].inner_shape[0]
+                           for name, (patches, _) in zip(params.all_teachers, stores)},
+                          params.class_names, params.label.method, params.label.fusion, params.label.temperature,
+                          params.section("capability", CapabilityConfig).folds, features.heads,
+                          str(folders.point_features), params.label.swap_capability))
         to_eval = prompt_to_eval_label([params.vocabulary[c].label for c in params.class_names],
                                        params.dataset.label_map().classes)
-        features = PointFeatureReader(POINT_FEATURES / split)
         assignments = RaggedReader(ASSIGNMENTS / split)
-        patches = RaggedReader(TEACHER_FEATURES / split / "patches")
-        taps = RaggedReader(TEACHER_FEATURES / split / "taps")
+        regions = params.label.regions  # pooling per 3D segment needs the scans' coordinates
+        scans = None if regions.method == "none" else open_reader(params.dataset, split, labels=False)
         points = seen = unseen_scans = 0
         dropped = sum(int((~features.valid(scan_id)).sum()) for scan_id in features.scan_ids)
         columns = {"label": ("uint8", ()), "baseline": ("uint8", ())}
-        with RaggedWriter(out, columns, attributes={"method": params.label.method, "dropped_points": dropped},
+        with RaggedWriter(out, columns, attributes={"method": params.label.method, "dropped_points": dropped}
+                          | ({"fusion": params.label.fusion} if len(params.all_teachers) > 1 else {}),
                           scratch=stage_scratch("label")) as writer:
             for done, scan_id in enumerate(tqdm(features.scan_ids, desc=f"label {split}", unit="scan"), start=1):
                 point_features, valid = features.read(scan_id), features.valid(scan_id)
                 kept = None if valid.all() else np.flatnonzero(valid)  # raw index of the finite points
+                finite = point_features if kept is None else point_features[kept]
+                classes = (classifier.predict(finite) if scans is None
+                           else region_labels(classifier, finite, scans.read(scan_id).points, regions))
                 if kept is None:
-                    label = to_eval[classifier.predict(point_features)]
+                    label = to_eval[classes]
                 else:
                     label = np.full(len(valid), IGNORE_LABEL, dtype=np.uint8)
-                    label[kept] = to_eval[classifier.predict(point_features[kept])]
-                tap = taps.read(scan_id)
-                pixel_features = combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
-                                              torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
+                    label[kept] = to_eval[classes]
+                pixel_features = torch.cat([pixel_rows(patches, taps, scan_id) for patches, taps in stores], dim=1)
                 baseline = np.full(len(label), IGNORE_LABEL, dtype=np.uint8)
                 # Of the finite points; a point seen by several cameras has one row per camera.
                 point_index, pixel_features = per_point_mean(

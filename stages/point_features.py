@@ -9,11 +9,15 @@ needed); a WaffleIron runs folded for inference, in `point_features.precision`. 
 pre-processed as the student expects (WaffleIron: 0.1 m voxels, first
 point per voxel, cropped to the field of view; sparse UNet: its voxel grid) and run through
 it; every original point takes the output of its voxel, or of its nearest kept point.
+With `--split distill` it computes the distillation split instead, into
+cache/distill_split/point_features/<split>/ (the segmenter stages train on it: segmenters/dvc.yaml).
 Writes cache/point_features/<split>/, a ragged zarr store of fp16 (N, D) per scan, one row per
 raw point of the scan file in file order, and a bool column `valid`: False at the points the
 reader dropped for NaN/inf coordinates (no feature: their rows are zeros; their count is
 reported). Points outside the field of view still get the feature of their nearest kept
-point; their count is reported. Under torchrun or srun, each rank computes its shard of the scans
+point; their count is reported. A student distilled from several teachers has one head per
+teacher, consecutive blocks of its output channels: the store's attribute `heads` names each
+head's teacher and width, in column order (`pipeline.labelling.point_features` reads one head). Under torchrun or srun, each rank computes its shard of the scans
 (pipeline.distributed).
 
 With `point_features.pca.dims: k`, the store holds k fp16 PCA coefficients per point
@@ -46,9 +50,11 @@ from pipeline.labelling.feature_pca import (
     save_basis,
 )
 from pipeline.students.features import PointFeatureComputer, load_feature_student
+from pipeline.students.io import student_heads
 from stages.common import (
-    POINT_FEATURES,
     STUDENT,
+    add_split_option,
+    split_folders,
     human_size,
     run_command,
     stage_arguments,
@@ -59,21 +65,24 @@ from stages.common import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage_arguments(__doc__).parse_args(argv)
+    args = add_split_option(stage_arguments(__doc__)).parse_args(argv)
     params = start_stage("point_features", args)
-    split = params.dataset.eval_split
-    out = POINT_FEATURES / split
-    basis_file = POINT_FEATURES / f"{split}.pca.safetensors"
+    folders = split_folders(params, args.split)
+    split, out = folders.split, folders.point_features
+    basis_file = out.parent / f"{split}.pca.safetensors"
     pca = params.point_features.pca
     scratch = stage_scratch("point_features")
     with launched() as world, summary("point_features") as facts:  # this rank's GPU under torchrun
         model, source = load_feature_student(params.point_features, params.student, STUDENT, f"{args.params}:",
                                              world.device)
         model = model.for_inference(params.point_features.precision)
-        reader = open_reader(params.dataset, split)
+        reader = open_reader(params.dataset, split, labels=False)  # features need no label
         compute = PointFeatureComputer(model, reader, params.dataset.intensity_stats(), world.device)
         dim = model.config.out_channels
         attributes = {"student_teacher": source}
+        heads = student_heads(STUDENT) if params.point_features.checkpoint is None else None
+        if heads is not None:  # several teachers: which columns are whose head (README, "Several teachers")
+            attributes["heads"] = heads
         basis: PcaBasis | None = None
         if pca.dims is not None:
             sample = sample_scan_ids(reader.scan_ids, pca.sample_scans)
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{dropped} dropped for NaN/inf coordinates: no feature, valid false)")
         if basis is not None:
             facts["pca"] = f"{basis.dims} of {dim} dims keep {basis.explained:.2%} of the sample variance"
-        facts["wrote"] = f"{POINT_FEATURES} ({human_size(POINT_FEATURES)})"
+        facts["wrote"] = f"{out} ({human_size(out)})"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Print the evaluation metrics as a table and name the pictures (not a DVC stage).
 
     python -m stages.report
+
+After `dvc repro segmenters/dvc.yaml`, the segmenter stages' results follow, side by side with
+the zero-shot labels (metrics/<stage>.json).
 """
 
 from __future__ import annotations
@@ -48,9 +51,44 @@ def format_capability(report: dict) -> str:
     return "\n".join(lines)
 
 
+SEGMENTERS = {  # segmenters/dvc.yaml: metrics/<stage>.json, and the seed paper each stage comes from
+    "linear_probe": "linear probe (ScaLR / ScaLR+)",
+    "finetune": "fine-tuned (ScaLR+, D-DITR)",
+    "inject": "teacher injection (DITR)",
+    "self_train": "self-trained, no labels (SAS 3.4)",
+}
+
+
+def format_segmenters(results: dict[str, dict]) -> str:
+    """The segmenter stages' mIoU on all, visible and invisible points, beside the zero-shot 3D
+    labels and the 2D baseline of the same evaluation (rows), with what each was trained on."""
+    parts = ("all", "visible", "invisible")
+    header = f"{'segmenter (mIoU, %)':<58}" + "".join(f"{p:>11}" for p in parts) + "  trained on"
+    first = next(iter(results.values()))
+    rows = [("zero-shot 3D (IGLOSS)", [first[f"zero_shot_{p}"]["miou"] for p in parts], "no label"),
+            ("2D baseline", [None, first["2d_baseline_visible"]["miou"], None], "no label")]
+    for name, result in results.items():
+        run = result["run"]
+        trained = (f"pseudo-labels of {run['train_scans']} scans" if name == "self_train" else
+                   f"labels of {run['train_scans']} scans ({run['fraction']:.0%})")
+        title = SEGMENTERS[name] + "".join(f", {run[key]}{suffix}" for key, suffix in (("arch", ""), ("init", " init"))
+                                           if key in run)
+        rows.append((title, [result[p]["miou"] for p in parts], f"{trained}, {run['steps']} steps, "
+                     f"{run['train_seconds']:.0f} s"))
+    lines = [header, "-" * len(header)]
+    for title, cells, trained in rows:
+        lines.append(f"{title:<58}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>11}" for v in cells)
+                     + f"  {trained}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     metrics = json.loads((METRICS / "metrics.json").read_text())
     print(format_table(metrics))
+    segmenters = {name: json.loads((METRICS / f"{name}.json").read_text())
+                  for name in SEGMENTERS if (METRICS / f"{name}.json").is_file()}
+    if segmenters:
+        print("\n" + format_segmenters(segmenters))
     if (METRICS / "capability.json").is_file():
         print("\n" + format_capability(json.loads((METRICS / "capability.json").read_text())))
     print("\npictures:")

@@ -11,14 +11,9 @@ plots/prototypes/contact_sheet.png, the prototypes of every class at a glance.
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
-from pipeline.generation.manifest import ManifestError, read_manifest
 from pipeline.store.atomic import atomic_output
-from pipeline.store.safetensors import save_safetensors
 from pipeline.teachers import build_teacher
+from pipeline.teachers.encoding import write_template_features
 from pipeline.viz import save_contact_sheet
 from stages.common import (
     PROTOTYPES,
@@ -33,38 +28,18 @@ from stages.common import (
 )
 
 
-def prototype_images(class_name: str) -> list[Image.Image]:
-    folder = PROTOTYPES / class_name
-    manifest = read_manifest(folder)
-    if not manifest.images:
-        raise ManifestError(f"{folder / 'manifest.json'}: class {class_name!r} has no prototype images")
-    images = []
-    for entry in manifest.images:
-        with Image.open(folder / entry.file) as image:
-            images.append(image.convert("RGB"))
-    return images
-
-
 def main(argv: list[str] | None = None) -> None:
     args = stage_arguments(__doc__).parse_args(argv)
     params = start_stage("template_features", args)
+    scratch = stage_scratch("template_features")
     with summary("template_features") as facts:
-        teacher = build_teacher(params.teacher)
-        features, labels, sheet = [], [], {}
-        for index, class_name in enumerate(tqdm(params.class_names, desc="templates", unit="class")):
-            images = prototype_images(class_name)
-            features.append(teacher.encode_templates(images, params.template_features.batch_size))
-            labels.append(np.full(len(images), index, dtype=np.int64))
-            sheet[class_name] = images
-        TEMPLATES_FILE.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors(TEMPLATES_FILE, {"features": np.concatenate(features), "labels": np.concatenate(labels)},
-                         {"class_names": list(params.class_names), "teacher": teacher.teacher_id},
-                         stage_scratch("template_features"))
-        with atomic_output(PROTOTYPE_PICTURES, stage_scratch("template_features")) as picture_dir:
+        sheet = write_template_features(build_teacher(params.teacher), params.class_names, PROTOTYPES,
+                                        params.template_features.batch_size, TEMPLATES_FILE, scratch)
+        with atomic_output(PROTOTYPE_PICTURES, scratch) as picture_dir:
             picture_dir.mkdir(parents=True)
             save_contact_sheet(sheet, picture_dir / "contact_sheet.png")
         facts["classes"] = len(params.class_names)
-        facts["images"] = sum(len(l) for l in labels)
+        facts["images"] = sum(len(images) for images in sheet.values())
         facts["wrote"] = f"{TEMPLATES_FILE} ({human_size(TEMPLATES_FILE)}), {PROTOTYPE_PICTURES / 'contact_sheet.png'}"
 
 

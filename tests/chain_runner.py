@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_ORDER = ["demo_world", "dataset_index", "prototypes", "template_features", "assignments", "teacher_features",
-               "distill", "point_features", "label", "evaluate"]
+STAGE_ORDER = ["demo_world", "dataset_index", "prototypes", "template_features", "extra_template_features",
+               "capability", "assignments", "teacher_features", "extra_teacher_features", "distill", "point_features",
+               "label", "evaluate"]
 
 
 def small_params(**changes) -> dict:
@@ -25,6 +26,9 @@ def small_params(**changes) -> dict:
     # One epoch of a few steps: no warm-up (the reference's k / W would spend them at lr ~ 0).
     params["distill"].update(epochs=1, batch_size=2, max_points=4000, warmup_epochs=0.0)
     params["evaluate"]["preview_scans"] = 1
+    for name in ("linear_probe", "finetune", "inject", "self_train"):  # segmenters/dvc.yaml: a few steps
+        if name in params:
+            params[name].update(epochs=2, max_points=1000)
     for section, value in changes.items():
         params[section] = value
     return params
@@ -73,7 +77,8 @@ def write_params(folder: Path, params: dict) -> Path:
 # ------------------------------------------------------------------ DVC in scratch git clones
 
 # What a scratch clone takes from the working tree, committed or not (the rest comes from git).
-WORKING_TREE = ("pipeline", "stages", "presets", "scripts", "dvc.yaml", "params.yaml")
+SEGMENTERS_SWITCH = "/segmenters/\n"  # the line of .dvcignore that keeps segmenters/dvc.yaml off
+WORKING_TREE = ("pipeline", "stages", "presets", "scripts", "segmenters", "dvc.yaml", "params.yaml", ".dvcignore")
 
 
 def scratch_clone(folder: Path, params: dict) -> Path:
@@ -83,7 +88,7 @@ def scratch_clone(folder: Path, params: dict) -> Path:
     for path in WORKING_TREE:
         source = REPO / path
         if source.is_dir():
-            shutil.rmtree(folder / path)
+            shutil.rmtree(folder / path, ignore_errors=True)  # absent from the clone when not committed yet
             shutil.copytree(source, folder / path, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, folder / path)
@@ -125,3 +130,12 @@ def stage_tripwire(folder: Path) -> tuple[Path, Path]:
                            f'echo "tripwire: a stage ran: {name} $*" >&2\nexit 97\n')
         program.chmod(0o755)
     return folder, log
+
+
+def switch_on_segmenters(folder: Path) -> None:
+    """What the README says to do: delete `/segmenters/` from .dvcignore, so DVC sees
+    segmenters/dvc.yaml."""
+    ignore = folder / ".dvcignore"
+    text = ignore.read_text()
+    assert SEGMENTERS_SWITCH in text, f"{ignore} does not switch the segmenter stages off"
+    ignore.write_text(text.replace(SEGMENTERS_SWITCH, ""))

@@ -156,7 +156,7 @@ def test_in_the_demo_the_index_follows_the_demo_world(tmp_path):
 
 
 def changed_stages(folder: Path) -> set[str]:
-    return set(json.loads(dvc_ok(folder, "status", "--json") or "{}"))
+    return set(json.loads(dvc_ok(folder, "status", "dvc.yaml", "--json") or "{}"))
 
 
 def ran_stages(output: str) -> set[str]:
@@ -203,9 +203,9 @@ def test_files_no_stage_reads_rerun_nothing(workspace):
 
 
 @pytest.mark.parametrize("kind, readers", [
-    ("points", {"assignments", "distill", "point_features", "evaluate"}),
+    ("points", {"assignments", "distill", "point_features", "label", "evaluate"}),  # label: region pooling
     ("labels", {"evaluate"}),
-    ("cameras", {"assignments", "teacher_features", "evaluate"}),
+    ("cameras", {"assignments", "teacher_features", "extra_teacher_features", "evaluate"}),
 ])
 def test_a_file_replaced_in_place_reruns_the_stages_that_read_it(workspace, kind, readers):
     """Same bytes with a later mtime stand for a replaced file (a real change would rerun the chain)."""

@@ -134,4 +134,4 @@ def test_diff_apply_and_branch(swept):
     dvc_ok(clone, "exp", "branch", "nearest", "label-nearest")
     assert "label-nearest" in git(clone, "branch", "--list", "label-nearest")
     # the applied experiment is up to date: nothing to rerun
-    assert json.loads(run_dvc(clone, "status", "--json").stdout or "{}") == {}
+    assert json.loads(run_dvc(clone, "status", "dvc.yaml", "--json").stdout or "{}") == {}

@@ -160,7 +160,7 @@ def test_point_features_stage_writes_what_reduce_store_makes(chain, tmp_path):
     expected = tmp_path / "expected"
     expected.mkdir()
     reduce_store(chain / "cache/point_features/val", expected / "val", expected / "val.pca.safetensors",
-                 FeaturePcaConfig(**pca))
+                 FeaturePcaConfig(**pca), compressor=params["point_features"].get("compression", "lz4"))
     out = folder / "cache/point_features"
     assert tree_hash(out / "val") == tree_hash(expected / "val")
     assert (out / "val.pca.safetensors").read_bytes() == (expected / "val.pca.safetensors").read_bytes()

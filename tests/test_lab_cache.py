@@ -94,7 +94,7 @@ def test_second_clone_on_the_shared_cache_restores_every_stage(lab):
     use_shared_cache(second, lab.shared_cache)
     report = repro_without_running(second, lab.root / "tripwire-second")
     assert report["restored"] == lab.stages
-    assert dvc_ok(second, "status").strip() == "Data and pipelines are up to date."
+    assert dvc_ok(second, "status", "dvc.yaml").strip() == "Data and pipelines are up to date."
     # the outputs are links into the one shared copy, not copies
     model = second / "cache/student/model.safetensors"
     assert model.is_symlink() and model.resolve().is_relative_to(lab.shared_cache.resolve())
@@ -123,8 +123,8 @@ def test_clones_with_their_own_cache_restore_from_a_remote(lab):
     dvc_ok(third, "remote", "add", "--local", "--default", "lab", str(remote))
     dvc_ok(third, "fetch", "--run-cache")
     report = repro_without_running(third, lab.root / "tripwire-third", "--pull", "point_features")
-    assert report["restored"] == {"demo_world", "dataset_index", "assignments", "teacher_features", "distill",
-                                  "point_features"}
+    assert report["restored"] == {"demo_world", "dataset_index", "assignments", "teacher_features",
+                                  "extra_teacher_features", "distill", "point_features"}
     model = third / "cache/student/model.safetensors"
     assert not model.resolve().is_relative_to(lab.shared_cache.resolve())
     assert filecmp.cmp(model, lab.first / "cache/student/model.safetensors", shallow=False)
@@ -133,7 +133,7 @@ def test_clones_with_their_own_cache_restore_from_a_remote(lab):
     shutil.copy(lab.first / "dvc.lock", fourth / "dvc.lock")
     dvc_ok(fourth, "remote", "add", "--local", "--default", "lab", str(remote))
     dvc_ok(fourth, "pull", "--run-cache")
-    changed = set(json.loads(dvc_ok(fourth, "status", "--json") or "{}"))
+    changed = set(json.loads(dvc_ok(fourth, "status", "dvc.yaml", "--json") or "{}"))
     assert changed <= stages_with_uncached_outputs(fourth), changed
     assert filecmp.cmp(fourth / "cache/student/model.safetensors", lab.first / "cache/student/model.safetensors",
                        shallow=False)

@@ -24,10 +24,13 @@ def test_preset_validates_and_fits_together(path):
     """Every key is known and well typed, and the values that span sections agree, so no stage
     discovers a bad setting after hours of work."""
     params = load_project_params(path)
-    patch_size, embed_dim = teacher_shape(params.teacher)
-    assert params.student.out_channels == embed_dim, "the student must predict the teacher's feature width"
-    for name in ("input_size", "template_size"):
-        assert all(side % patch_size == 0 for side in getattr(params.teacher, name)), name
+    widths = 0
+    for teacher in params.all_teachers.values():
+        patch_size, embed_dim = teacher_shape(teacher)
+        widths += embed_dim
+        for name in ("input_size", "template_size"):
+            assert all(side % patch_size == 0 for side in getattr(teacher, name)), name
+    assert params.student.out_channels == widths, "the student must predict the teachers' feature widths (one head each)"
 
 
 def test_real_data_presets_follow_the_reference():

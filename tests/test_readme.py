@@ -17,6 +17,7 @@ A README command missing from the table, or a table entry no longer in the READM
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -50,6 +51,13 @@ README_COMMANDS: dict[str, Run | CoveredBy | NotHere] = {
     # The two commands
     "bash scripts/demo.sh": Run(("== metrics (metrics/metrics.json) ==", "3D student, all points")),
     "bash scripts/test.sh": NotHere("it is the command running this test suite (CI runs it)"),
+    # The chain: several teachers
+    "python -m stages.preset two-teachers && dvc repro": NotHere(
+        "the demo with two teachers: about 15 minutes of CPU; tests/test_teachers.py runs the same chain, "
+        "two teachers into one student, on the small world"),
+    "python scripts/teachers_table.py": NotHere(
+        "needs that finished two-teacher run; tests/test_teachers.py labels with every fusion option and the "
+        "swapped capability vectors on the small world"),
     # Working with the pipeline
     "source .venv/bin/activate": Run(),
     "dvc repro": Run(("Data and pipelines are up to date.",)),
@@ -76,6 +84,8 @@ README_COMMANDS: dict[str, Run | CoveredBy | NotHere] = {
     "dvc exp diff logistic nearest": CoveredBy(EXP, ('"exp", "diff", "logistic", "nearest"',)),
     "dvc exp apply nearest": CoveredBy(EXP, ('"exp", "apply", "nearest"',)),
     "dvc exp branch nearest label-nearest": CoveredBy(EXP, ('"exp", "branch", "nearest", "label-nearest"',)),
+    # Segmenters trained on labels
+    "dvc repro segmenters/dvc.yaml": CoveredBy("tests/test_dvc_pipeline.py", ('"repro", "segmenters/dvc.yaml"',)),
     # Run on real data
     "python -m stages.preset": Run(("nuscenes-mini", "semantic_kitti")),
     "python -m stages.preset nuscenes": Run(("params.yaml is now presets/nuscenes.yaml",)),
@@ -150,7 +160,14 @@ def test_readme_commands_run_on_the_small_demo(tmp_path):
     venv = Path(sys.executable).parent.parent
     if not (venv / ".igloss-install-stamp").is_file():
         pytest.skip(f"{venv} is not a venv made by scripts/install.sh; demo.sh would install into it")
-    (clone / ".venv").symlink_to(venv)  # install.sh finds its stamp: nothing is reinstalled
+    # install.sh finds its stamp and reinstalls nothing, as long as the stamp is of these install
+    # inputs: else it would reinstall the project editable from the clone into the shared venv,
+    # and every later test run in a subprocess would import the deleted clone.
+    inputs = b"".join((REPO / name).read_bytes() for name in ("pyproject.toml", "constraints.txt", "scripts/install.sh"))
+    stamp = (venv / ".igloss-install-stamp").read_text().split()
+    if not stamp or stamp[0] != hashlib.sha256(inputs).hexdigest():
+        pytest.skip(f"{venv} was installed from other install inputs: run `bash scripts/install.sh` first")
+    (clone / ".venv").symlink_to(venv)
     env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
                HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
     for command, how in README_COMMANDS.items():

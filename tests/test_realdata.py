@@ -181,7 +181,10 @@ def shrink(params: dict, prototypes) -> dict:
 def run_stages(folder, params: dict, stages: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (folder / "dvc.yaml").symlink_to(REPO / "dvc.yaml")  # the stage-owned params sections it declares
+    for pipeline_file in (REPO / "dvc.yaml", *REPO.glob("*/dvc.yaml")):  # the stage-owned sections they declare
+        link = folder / pipeline_file.relative_to(REPO)
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(pipeline_file)
     with inside(folder):
         for stage in stages:
             if stage == "prototypes":

@@ -24,7 +24,8 @@ class DatasetFormat:
     """What the pipeline needs to know of one dataset format.
 
     reader: opens one split, `reader(root, version, split, **options)`; it imports the
-        reader module when called (nuscenes-devkit is slow to import).
+        reader module when called (nuscenes-devkit is slow to import). Every reader takes
+        `labels=False`: it then never reads a label file (records have `labels` None).
     label_map_file: the label map's YAML, in `pipeline/datasets/`.
     intensity: the reference standardisation of the intensity channel (REFERENCE.md).
     """

@@ -72,6 +72,7 @@ class NuScenesReader(ScanReader):
         label_map: LabelMap | None = None,
         cameras: tuple[str, ...] = CAMERA_CHANNELS,
         ego_motion_compensation: bool = True,
+        labels: bool = True,
     ) -> None:
         self.root = Path(root)
         self.version = version
@@ -100,7 +101,7 @@ class NuScenesReader(ScanReader):
                 sample_token = sample["next"]
         if not self.scan_ids:
             raise DatasetError(f"{self.root / version}: split {split!r} selects no scan")
-        self.has_labels = hasattr(self.nusc, "lidarseg")
+        self.has_labels = labels and hasattr(self.nusc, "lidarseg")  # labels=False: never read a label file
 
     def _split_scene_names(self) -> list[str]:
         listed = split_from_file(self.root, self.split)

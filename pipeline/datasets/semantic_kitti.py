@@ -131,7 +131,7 @@ def read_label_file(path: Path, point_count: int) -> np.ndarray:
 class SemanticKittiReader(ScanReader):
     """Scan records of one split of a SemanticKITTI-format dataset."""
 
-    def __init__(self, root: Path | str, split: str, label_map: LabelMap | None = None) -> None:
+    def __init__(self, root: Path | str, split: str, label_map: LabelMap | None = None, labels: bool = True) -> None:
         self.root = Path(root)
         self.split = split
         self.label_map = label_map or DATASET_FORMATS["semantic_kitti"].label_map()
@@ -149,7 +149,7 @@ class SemanticKittiReader(ScanReader):
                 raise DatasetError(f"{velodyne}: sequence folder of split {split!r} is missing")
             self._camera[sequence] = sequence_camera(sequences_dir / sequence)
             frames = [p.stem for p in sorted(velodyne.glob("*.bin"))]
-            if sequence_is_labelled(sequences_dir / sequence, frames):
+            if labels and sequence_is_labelled(sequences_dir / sequence, frames):  # labels=False: never read them
                 self._labelled.add(sequence)
             self.scan_ids += [f"{sequence}/{frame}" for frame in frames]
         if not self.scan_ids:

@@ -40,16 +40,20 @@ import functools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn
 
+from pipeline.config_loading import require
+from pipeline.labelling.regions import RegionsConfig
 from pipeline.store.safetensors import load_safetensors
+
+if TYPE_CHECKING:  # scikit-learn is imported where a classifier is fitted, not by every stage
+    from sklearn.linear_model import LogisticRegression
 
 # Rows per block when labelling: bounds the float64 work arrays to ~ block x max(D, M).
 _PREDICT_BLOCK = 16384
@@ -75,9 +79,26 @@ class LabelConfig:
 
     "logistic": class-balanced liblinear logistic regression on the template
     features (IGLOSS). "nearest_prototype": cosine similarity, max over a class's prototypes.
+
+    With several teachers (`extra_teachers`), `fusion` says how their per-class probabilities
+    become one label (`pipeline.labelling.fusion`): "capability" (SAS: each teacher weighted by
+    its held-out capability on the classes the teachers predict, softmax at `temperature`),
+    "average", or a teacher's name (that teacher alone). One teacher: both are unused.
+    `swap_capability` is a sabotage check: capability fusion with the first two teachers'
+    capability vectors swapped must label worse (README, "Several teachers").
+
+    `regions`: pool the logits per 3D segment of the scan before the argmax
+    (`pipeline.labelling.regions`); off by default.
     """
 
     method: Literal["logistic", "nearest_prototype"] = "logistic"
+    fusion: str = "capability"
+    temperature: float = 0.1
+    swap_capability: bool = False
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+
+    def __post_init__(self) -> None:
+        require(self, positive=("temperature",))
 
 
 def l2_normalize(features: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -301,6 +322,8 @@ def _predict_blocks(classifier: Classifier, features: np.ndarray, block: int, co
 
 
 def _liblinear_logistic() -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression  # here: 1-2 s of imports every stage would pay
+
     # No class_weight here: the balanced weights go in as sample weights (module docstring).
     return LogisticRegression(solver="liblinear", C=1.0, random_state=0)
 
@@ -324,6 +347,8 @@ def fit_logistic(
     labels = np.asarray(labels)
     x = l2_normalize(template_features)
     if k == 2:
+        from sklearn.linear_model import LogisticRegression
+
         model = LogisticRegression(solver="liblinear", class_weight="balanced", C=1.0,
                                    random_state=0).fit(x, labels)
         w, b = model.coef_[0], model.intercept_[0]

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config_loading import FieldError, require
-from pipeline.store.ragged import RaggedReader, RaggedWriter, scans_per_block
+from pipeline.store.ragged import Compressor, RaggedReader, RaggedWriter, scans_per_block
 from pipeline.store.safetensors import load_safetensors, safetensors_bytes, save_safetensors
 
 PCA_COLUMN = "feature_pca"  # the ragged column of (N, k) coefficients; full stores use "feature"
@@ -272,13 +272,15 @@ def _valid_rows(features: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return features if valid.all() else features[valid]
 
 
-def reduce_store(full: str | Path, reduced: str | Path, basis_file: str | Path, config: FeaturePcaConfig) -> PcaBasis:
+def reduce_store(full: str | Path, reduced: str | Path, basis_file: str | Path, config: FeaturePcaConfig,
+                 compressor: Compressor = "lz4") -> PcaBasis:
     """Rewrite a store of full features (column "feature") as a reduced store.
 
     Fits the basis on the config's sample of `full`, saves it to `basis_file` (beside
     `reduced`: the store names it relative to its parent folder) and writes `reduced` with
     the same scans and attributes. The result is what the point_features stage writes with
-    `pca.dims` set; use it to shrink a cache already on disk, or to measure a k.
+    `pca.dims` set (and `compression` as `compressor`); use it to shrink a cache already on
+    disk, or to measure a k.
     """
     full, reduced, basis_file = Path(full), Path(reduced), Path(basis_file)
     if basis_file.parent != reduced.parent:
@@ -290,7 +292,7 @@ def reduce_store(full: str | Path, reduced: str | Path, basis_file: str | Path, 
     save_basis(basis_file, basis)
     attributes = {**source.attributes, **basis_attributes(basis, basis_file.name)}
     with RaggedWriter(reduced, reduced_columns(basis), attributes=attributes,
-                      scans_per_block=scans_per_block(len(source.scan_ids))) as writer:
+                      scans_per_block=scans_per_block(len(source.scan_ids)), compressor=compressor) as writer:
         for scan_id in source.scan_ids:
             features, valid = _full_rows(source, scan_id)
             writer.append(scan_id, **encode(basis, features, valid), **{VALID_COLUMN: valid})

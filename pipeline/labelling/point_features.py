@@ -8,6 +8,9 @@ the store's attributes with the fingerprint it must have (`pipeline.labelling.fe
 classifier fitted on the full template features labels (reconstructed from the coefficients
 for a reduced store).
 
+A student distilled from several teachers has one head per teacher, consecutive column blocks
+named by the store's attribute `heads`; `read(scan_id, head)` gives one head's columns.
+
 Both kinds hold one row per raw point of the scan file, in file order, and a bool column
 `VALID_COLUMN`: False at the points the reader dropped for NaN/inf coordinates, whose rows are
 zeros (`valid(scan_id)`; a store without the column, written by hand, counts every row valid).
@@ -52,16 +55,35 @@ class PointFeatureReader:
     def __iter__(self) -> Iterator[str]:
         return iter(self.store)
 
-    def read(self, scan_id: str) -> np.ndarray:
+    @property
+    def heads(self) -> list[dict] | None:
+        """A student of several teachers: each head's `name` (its teacher) and `dim`, in column
+        order; None for one teacher (every column is its head)."""
+        return self.store.attributes.get("heads")
+
+    def head_columns(self, head: str) -> slice:
+        """The columns of the named head."""
+        if self.heads is None:
+            raise ValueError(f"{self.path}: the student has one head (no `heads` attribute), not {head!r}; "
+                             "rerun distill and point_features with the extra teachers")
+        start = 0
+        for entry in self.heads:
+            if entry["name"] == head:
+                return slice(start, start + entry["dim"])
+            start += entry["dim"]
+        raise ValueError(f"{self.path}: no head {head!r}; the heads are {', '.join(h['name'] for h in self.heads)}")
+
+    def read(self, scan_id: str, head: str | None = None) -> np.ndarray:
         """(N, D) features of every raw point of one scan: as stored, or reconstructed from its
-        PCA coefficients; zeros at the dropped points (`valid`)."""
+        PCA coefficients; zeros at the dropped points (`valid`). head: only that head's columns."""
         if self.basis is None:
-            return self.store.read(scan_id, ["feature"])["feature"]
-        features = self.basis.reconstruct(self.store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])
-        valid = self.valid(scan_id)
-        if not valid.all():
-            features[~valid] = 0
-        return features
+            features = self.store.read(scan_id, ["feature"])["feature"]
+        else:
+            features = self.basis.reconstruct(self.store.read(scan_id, [PCA_COLUMN])[PCA_COLUMN])
+            valid = self.valid(scan_id)
+            if not valid.all():
+                features[~valid] = 0
+        return features if head is None else np.ascontiguousarray(features[:, self.head_columns(head)])
 
     def valid(self, scan_id: str) -> np.ndarray:
         """(N,) bool: False at the points dropped for NaN/inf coordinates (no feature)."""

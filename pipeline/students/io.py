@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipeline.store.safetensors import load_safetensors, save_safetensors
+from pipeline.store.safetensors import load_safetensors, read_safetensors_metadata, save_safetensors
 from pipeline.students import ARCHITECTURES, ArchitectureConfig, Student
 from pipeline.students.waffleiron import (
     WaffleIron,
@@ -61,6 +61,13 @@ def load_student(folder: Path, device: torch.device | str = "cpu") -> tuple[Stud
     state, metadata = load_safetensors(folder / WEIGHTS_FILE, framework="torch")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), metadata
+
+
+def student_heads(folder: Path) -> list[dict] | None:
+    """The heads of a student distilled from several teachers, as its weights' metadata records
+    them (`name`, `dim`, `weight` of each, in output column order); None for one teacher."""
+    metadata = read_safetensors_metadata(Path(folder) / WEIGHTS_FILE)
+    return json.loads(metadata["heads"]) if "heads" in metadata else None
 
 
 def load_scalr_student(

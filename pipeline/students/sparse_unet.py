@@ -363,7 +363,11 @@ class SparseUNet(nn.Module):
         for conv, fast in zip(self.sparse_convs, self.cuda_algorithms):
             conv.algo = fast if device.type == "cuda" else native
 
-    def forward(self, features: torch.Tensor, coordinates: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, coordinates: torch.Tensor, batch_size: int,
+                decoder_hook=None) -> torch.Tensor:
+        """decoder_hook(level, x) -> x, when given, runs after the decoder stage of each level
+        (`len(encoder_channels) - 1` down to 0, the input voxels) on its sparse tensor: DITR's
+        injection (`pipeline.segmentation.inject`)."""
         spconv = import_spconv()
         if features.ndim != 2 or features.shape[1] != INPUT_CHANNELS:
             raise ValueError(f"features must be (P, {INPUT_CHANNELS}), got {tuple(features.shape)}")
@@ -377,9 +381,12 @@ class SparseUNet(nn.Module):
         for down, norm, blocks in zip(self.down, self.down_norm, self.encoder):
             skips.append(x)
             x = blocks(norm_relu(down(x), norm))
-        for up, norm, blocks, skip in zip(self.up, self.up_norm, self.decoder, reversed(skips)):
+        for level, up, norm, blocks, skip in zip(range(len(skips) - 1, -1, -1), self.up, self.up_norm, self.decoder,
+                                                 reversed(skips)):
             x = norm_relu(up(x), norm)
             x = blocks(x.replace_feature(torch.cat((x.features, skip.features), dim=1)))
+            if decoder_hook is not None:
+                x = decoder_hook(level, x)
         return self.head(x.features)
 
     def run_batch(self, scans: Sequence[VoxelScan], device: torch.device) -> list[torch.Tensor]:

@@ -8,12 +8,19 @@
 - `images`: reading and resizing images (`load_image`, `load_images`);
 - `upsampling`: patch features at pixels and the template vector (bilinear, align_corners).
 
-`build_teacher` is the one place that chooses the implementation; stages hold a `Teacher`.
-A teacher of another kind (CLIP, RADIO, SigLIP towers) is one new module implementing the
-protocol, chosen here.
+`TEACHER_KINDS` is the explicit table of teacher kinds: a teacher params entry (`teacher:`, or
+one of `extra_teachers:`) names its kind (`kind: timm_vit`, the default) and is typed by that
+kind's config (`TeacherKindConfig`, the union the params loader picks from by `kind`). Each
+kind's config builds its teacher (`build`) and tells its (patch size, width) without weights
+(`shape`); `build_teacher` builds from any of them, so stages hold a `Teacher` and never ask
+which kind. A teacher of another kind (CLIP, RADIO, SigLIP towers) is one new module: its
+config (with `kind`, `input_size`, `template_size`, `device`, `build`, `shape`) and its teacher
+implementing the protocol, plus its entry here.
 """
 
 from __future__ import annotations
+
+from typing import Union
 
 from pipeline.teachers.base import (
     Teacher,
@@ -26,20 +33,35 @@ from pipeline.teachers.timm_vit import (
     ArchitectureOverridesConfig,
     TeacherConfig,
     TimmViTTeacher,
-    teacher_patch_size,
     teacher_shape,
 )
 
 
-def build_teacher(config: TeacherConfig) -> Teacher:
-    """The teacher that the `teacher:` params section describes."""
-    return TimmViTTeacher(config)
+# The teacher kinds: `kind` -> its config class (first: the default when a params entry names none).
+TEACHER_KINDS: dict[str, type] = {
+    "timm_vit": TeacherConfig,
+}
+
+# A teacher params entry, typed by its kind's config (`pipeline.config_loading` picks by `kind`).
+TeacherKindConfig = Union[tuple(TEACHER_KINDS.values())]  # noqa: UP007 (built from the table)
+
+
+def build_teacher(config: TeacherKindConfig) -> Teacher:
+    """The teacher that a teacher params entry (`teacher:` or one of `extra_teachers:`) describes."""
+    return config.build()
+
+
+def teacher_patch_size(config: TeacherKindConfig) -> int:
+    """The patch size of the configured teacher, without weights (14 for DINOv2)."""
+    return config.shape()[0]
 
 
 __all__ = [
     "ArchitectureOverridesConfig",
+    "TEACHER_KINDS",
     "Teacher",
     "TeacherConfig",
+    "TeacherKindConfig",
     "TeacherError",
     "TeacherFeaturesConfig",
     "TemplateFeaturesConfig",

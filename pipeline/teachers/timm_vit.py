@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -85,6 +86,11 @@ class TeacherConfig:
         overrides: architecture changes for a tiny demo model.
         precision: autocast dtype on CUDA ("fp16" is what the reference uses); CPU runs fp32.
         device: "auto" takes CUDA when present.
+        greyscale: the teacher sees every image (camera and template) as grey (ITU-R 601
+            luma in all three channels): a teacher that discards colour, for the demo's second
+            teacher (README, "Several teachers").
+        kind: this config's key in `pipeline.teachers.TEACHER_KINDS` (the `kind:` of a teacher
+            params entry; the default, so params written before kinds existed still load).
     """
 
     model_name: str = "vit_small_patch14_dinov2.lvd142m"
@@ -96,6 +102,8 @@ class TeacherConfig:
     overrides: ArchitectureOverridesConfig = field(default_factory=ArchitectureOverridesConfig)
     precision: Precision = "fp32"
     device: DeviceChoice = "auto"
+    greyscale: bool = False
+    kind: Literal["timm_vit"] = "timm_vit"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -109,6 +117,14 @@ class TeacherConfig:
             if len(size) != 2 or min(size) <= 0:
                 raise ValueError(f"teacher {name} must be (H, W) with positive sizes, got {size}")
             object.__setattr__(self, name, (int(size[0]), int(size[1])))
+
+    def build(self) -> TimmViTTeacher:
+        """The teacher this config describes (loads the weights)."""
+        return TimmViTTeacher(self)
+
+    def shape(self) -> tuple[int, int]:
+        """(patch_size, embed_dim), without weights or compute (`teacher_shape`)."""
+        return teacher_shape(self)
 
 
 def _create_model(config: TeacherConfig, **kwargs) -> torch.nn.Module:
@@ -128,11 +144,6 @@ def teacher_shape(config: TeacherConfig) -> tuple[int, int]:
     with torch.device("meta"):
         model = _create_model(config, pretrained=False)
     return int(model.patch_embed.patch_size[0]), int(model.embed_dim)
-
-
-def teacher_patch_size(config: TeacherConfig) -> int:
-    """The ViT patch size of the configured teacher (14 for DINOv2); see `teacher_shape`."""
-    return teacher_shape(config)[0]
 
 
 class TimmViTTeacher:
@@ -156,6 +167,7 @@ class TimmViTTeacher:
         data_config = timm.data.resolve_data_config({}, model=self.model)
         self._mean = torch.tensor(data_config["mean"], device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(data_config["std"], device=self.device).view(1, 3, 1, 1)
+        self._luma = torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)
         self.patch_size = int(self.model.patch_embed.patch_size[0])
         self.embed_dim = int(self.model.embed_dim)
         for name in ("input_size", "template_size"):
@@ -227,6 +239,8 @@ class TimmViTTeacher:
         ]
         if overrides:
             parts.insert(1, overrides)
+        if cfg.greyscale:
+            parts.insert(1, "greyscale")
         return " ".join(parts)
 
     @property
@@ -263,6 +277,8 @@ class TimmViTTeacher:
             raise ValueError(f"image size {height}x{width} is not a multiple of the patch size "
                              f"{self.patch_size}")
         x = images.to(self.device, torch.float32)
+        if self.config.greyscale:
+            x = (x * self._luma).sum(dim=1, keepdim=True).expand(-1, 3, -1, -1)
         x = (x - self._mean) / self._std
         with torch.inference_mode(), self._autocast():
             out = self.model.forward_intermediates(

@@ -3,7 +3,8 @@ file that holds it:
 
 * `config`: `DistillConfig`, the `distill:` params section, read as it is by the loop and the schedule.
 * `loop`: `distill_student`, the training loop (one optimiser step per global batch), and `StepRecord`.
-* `objective`: `normalized_l2_loss`, the loss the student minimises.
+* `objective`: `normalized_l2_loss`, the loss the student minimises, and `multi_head_loss`, its
+  weighted sum over the heads of a student of several teachers.
 * `schedule`: `build_optimizer` and `lr_factor`: AdamW and its warmup / rsqrt / cooldown schedule.
 * `sampling`: which scans each step draws on which rank, and the epoch's random draws.
 * `recipe`: `training_view`: which camera teaches a drawn scan and which of its points the

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config_loading import require
+from pipeline.config_loading import FieldError, require
 from pipeline.precision import Precision
 
 CameraRule = Literal["per_scan_epoch", "per_point_fixed", "per_point_epoch"]
@@ -50,6 +50,9 @@ class DistillConfig:
     gradient_checkpointing: recompute the student's block activations in the backward pass.
     checkpoint_every_epochs: save the training state every this many epochs, so an
     interrupted run continues from there (`pipeline.training.checkpoint`).
+    teacher_weights: with several teachers (`extra_teachers`), the weight of each teacher's
+    head in the loss (a weighted sum), by teacher name (`teacher` for the `teacher:` section);
+    a teacher not named weighs 1.
     """
 
     epochs: int = 65
@@ -70,8 +73,12 @@ class DistillConfig:
     precision: Precision = "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every_epochs: int = 1
+    teacher_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, weight in self.teacher_weights.items():
+            if not weight > 0:
+                raise FieldError(f"teacher_weights.{name}", f"must be > 0, got {weight!r}")
         require(self, positive=("epochs", "batch_size", "lr", "rsqrt_timescale_epochs", "max_points",
                                 "checkpoint_every_epochs"),
                 non_negative=("weight_decay", "warmup_epochs", "cooldown_epochs", "seed"))

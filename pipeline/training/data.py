@@ -46,6 +46,8 @@ class DistillSample:
     tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
         weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
         training step keeps, a few thousand of the scan's tens of thousands.
+    extra: the same (patch_features, tap, weight) of each extra teacher (`extra_teachers`), whose
+        targets follow the first teacher's in each target row (one head per teacher).
     """
 
     points: np.ndarray
@@ -55,11 +57,17 @@ class DistillSample:
     patch_features: torch.Tensor
     tap: torch.Tensor
     weight: torch.Tensor
+    extra: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] = ()
 
     def targets(self, rows: np.ndarray) -> torch.Tensor:
-        """(len(rows), D) float32 teacher features of the given assignment rows."""
+        """(len(rows), D) float32 teacher features of the given assignment rows; with extra
+        teachers, every teacher's features side by side (D the sum of their widths)."""
         index = torch.from_numpy(rows)
-        return combine_taps(self.patch_features, self.tap[index], self.weight[index])
+        first = combine_taps(self.patch_features, self.tap[index], self.weight[index])
+        if not self.extra:
+            return first
+        return torch.cat([first, *(combine_taps(features, tap[index], weight[index])
+                                   for features, tap, weight in self.extra)], dim=1)
 
 
 class SourceLoader:
@@ -69,18 +77,23 @@ class SourceLoader:
     key: the source's name in the set (scan ids there are `<key>/<scan id>`).
     reader: the dataset reader of the source's split; intensity_stats: its dataset's.
     assignments: its assignment store; teacher_features: the folder of its teacher-feature
-        stores, `patches` and `taps`.
+        stores, `patches` and `taps`; extra_teacher_features: the same folder of each extra
+        teacher, in teacher order.
     """
 
     def __init__(self, key: str, reader: ScanReader, intensity_stats: IntensityStats, assignments: Path,
-                 teacher_features: Path) -> None:
+                 teacher_features: Path, extra_teacher_features: Sequence[Path] = ()) -> None:
         self.key = key
         self.reader = reader
         self.intensity_stats = intensity_stats
         self.assignments = RaggedReader(assignments)
         self.patches = RaggedReader(teacher_features / "patches")
         self.taps = RaggedReader(teacher_features / "taps")
-        self.dim = self.patches.columns["feature"].inner_shape[0]
+        self.extra = [(RaggedReader(folder / "patches"), RaggedReader(folder / "taps"))
+                      for folder in extra_teacher_features]
+        self.dims = tuple(patches.columns["feature"].inner_shape[0]
+                          for patches in [self.patches, *(patches for patches, _ in self.extra)])
+        self.dim = sum(self.dims)
 
     def __call__(self, scan_id: str) -> DistillSample:
         points = self.reader.read(scan_id).points
@@ -94,12 +107,20 @@ class SourceLoader:
             patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
             tap=torch.from_numpy(taps["tap"]),
             weight=torch.from_numpy(taps["weight"]),
+            extra=tuple(self._extra_targets(patches, tap_store, scan_id) for patches, tap_store in self.extra),
         )
+
+    @staticmethod
+    def _extra_targets(patches: RaggedReader, taps: RaggedReader, scan_id: str):
+        rows = taps.read(scan_id)
+        return (torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]), torch.from_numpy(rows["tap"]),
+                torch.from_numpy(rows["weight"]))
 
     def identity(self) -> list:
         """The assignment and teacher feature attributes, scans and row counts of this source."""
-        return [self.key, self.assignments.attributes, self.assignments.scan_ids,
-                self.assignments.offsets.tolist(), self.patches.attributes, self.patches.offsets.tolist()]
+        identity = [self.key, self.assignments.attributes, self.assignments.scan_ids,
+                    self.assignments.offsets.tolist(), self.patches.attributes, self.patches.offsets.tolist()]
+        return identity + [[patches.attributes, patches.offsets.tolist()] for patches, _ in self.extra]
 
 
 class DistillationSet:
@@ -110,12 +131,15 @@ class DistillationSet:
 
     def __init__(self, loaders: Sequence[SourceLoader]) -> None:
         self.loaders = list(loaders)
-        teachers = {loader.key: (loader.patches.attributes.get("teacher", ""), loader.dim) for loader in self.loaders}
+        teachers = {loader.key: (loader.patches.attributes.get("teacher", ""),
+                                 tuple(p.attributes.get("teacher", "") for p, _ in loader.extra), loader.dims)
+                    for loader in self.loaders}
         if len(set(teachers.values())) > 1:
             stores = ", ".join(str(loader.patches.path) for loader in self.loaders)
             raise ValueError(f"{stores}: the distillation sources were encoded by different teachers "
-                             f"{teachers}; rerun `dvc repro teacher_features`")
-        self.teacher, self.dim = next(iter(teachers.values()))
+                             f"{teachers}; rerun `dvc repro teacher_features extra_teacher_features`")
+        self.teacher, self.extra_teachers, self.dims = next(iter(teachers.values()))
+        self.dim = sum(self.dims)
         self._scans = {f"{loader.key}/{scan_id}": (loader, scan_id)
                        for loader in self.loaders for scan_id in loader.assignments.scan_ids}
         self.scan_ids = tuple(self._scans)

@@ -32,7 +32,7 @@ from pipeline.training.config import DistillConfig
 from pipeline.training.data import DistillSample
 from pipeline.training.recipe import TrainingView, training_view
 from pipeline.training.ddp import all_reduce_max, all_reduce_sum, data_parallel
-from pipeline.training.objective import normalized_l2_loss
+from pipeline.training.objective import multi_head_loss, normalized_l2_loss
 from pipeline.training.sampling import epoch_order, global_batches, rank_share, steps_per_epoch, torch_seed
 from pipeline.training.schedule import build_optimizer
 
@@ -81,6 +81,7 @@ def distill_student(
     on_step: Callable[[StepRecord], None] | None = None,
     checkpoints: Checkpoints | None = None,
     world: World | None = None,
+    heads: Sequence[tuple[int, float]] | None = None,
 ) -> list[StepRecord]:
     """Train `model` in place as `config` says; returns one record per optimiser step of the run.
 
@@ -90,6 +91,8 @@ def distill_student(
         rank draws its share of every global batch (`pipeline.training.sampling`); together
         they take the steps one process would, up to float rounding (drop-path masks aside:
         each rank draws its own). Records hold the loss and pair count of the whole batch.
+    heads: with several teachers, (width, weight) of each teacher's head, in output column order
+        (`pipeline.training.objective.multi_head_loss`); None: one head, the plain loss.
     """
     if not scan_ids:
         raise ValueError("distillation needs at least one training scan")
@@ -133,7 +136,12 @@ def distill_student(
                 with autocast(config.precision, device):
                     student, teacher = run_step(views, [epoch_scan_rng(config.seed, epoch, i) for i in share])
                 pairs = len(student)
-                mean = normalized_l2_loss(student, teacher) if pairs else student.sum()  # 0, still a graph
+                if not pairs:
+                    mean = student.sum()  # 0, still a graph
+                elif heads is None:
+                    mean = normalized_l2_loss(student, teacher)
+                else:
+                    mean = multi_head_loss(student, teacher, heads)
                 loss_sum, total_pairs = all_reduce_sum([mean.item() * pairs, pairs], device)
                 if total_pairs == 0:
                     raise ValueError(f"epoch {epoch}: a batch has no point with a teacher target; "

@@ -284,7 +284,10 @@ class WaffleIronBackbone(nn.Module):
             SpatialMix(width, tuple(grids[d % len(grids)]), drop_path) for d in range(depth)
         )
 
-    def forward(self, tokens: torch.Tensor, cell_indices: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cell_indices: torch.Tensor, occupancy: torch.Tensor,
+                block_hook=None) -> torch.Tensor:
+        """block_hook(d, tokens) -> tokens, when given, runs after block d (DITR's injection:
+        `pipeline.segmentation.inject`)."""
         recompute = self.checkpointing and torch.is_grad_enabled()
         for d, (spatial, channel) in enumerate(zip(self.spatial_mix, self.channel_mix)):
             cells = cell_indices[:, d % self.num_grids]
@@ -294,6 +297,8 @@ class WaffleIronBackbone(nn.Module):
                 tokens = checkpoint(channel, tokens, use_reentrant=False)
             else:
                 tokens = channel(spatial(tokens, cells, occupancy))
+            if block_hook is not None:
+                tokens = block_hook(d, tokens)
         return tokens
 
 
@@ -327,6 +332,7 @@ class WaffleIron(nn.Module):
         neighbors: torch.Tensor,
         cell_indices: torch.Tensor | Sequence[torch.Tensor],
         occupancy: torch.Tensor | None = None,
+        block_hook=None,
     ) -> torch.Tensor:
         if not isinstance(cell_indices, torch.Tensor):
             cell_indices = torch.stack(list(cell_indices), dim=1)
@@ -345,7 +351,7 @@ class WaffleIron(nn.Module):
         if occupancy is None:
             occupancy = features.new_ones(batch, num_points)
         tokens = self.embed(features, neighbors)
-        tokens = self.waffleiron(tokens, cell_indices, occupancy)
+        tokens = self.waffleiron(tokens, cell_indices, occupancy, block_hook)
         return self.classif(tokens)
 
     def run_batch(self, scans: Sequence[PreparedScan], device: torch.device) -> list[torch.Tensor]:
