@@ -36,9 +36,11 @@ scikit-learn version (the tests compare it with liblinear's native one-vs-rest).
 from __future__ import annotations
 
 import enum
+import os
 import functools
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +257,7 @@ def _thread_controller() -> ThreadpoolController:
 def _one_thread() -> Iterator[None]:
     """BLAS and torch on one thread: on pieces this small their thread pools spin more than they
     work when the cores are busy (15x slower than one thread on this 2-core machine under load).
-    Labelling parallelises across scans, not inside a product."""
+    Labelling spreads blocks of rows over the cores instead (`_predict_blocks`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -292,8 +294,7 @@ def _predict_block(classifier: Classifier, features: np.ndarray, columns: np.nda
     norms_ok = np.isfinite(columns).all() and np.linalg.norm(columns, axis=0).max() <= _FLOAT32_RANGE[1]
     if features.dtype not in (np.float16, np.float32) or classifier.num_classes < 2 or not norms_ok:
         return classifier.logits(features).argmax(axis=1)
-    with _one_thread():
-        products, norms = _float32_products(features, columns.astype(np.float32))
+    products, norms = _float32_products(features, columns.astype(np.float32))
     norms = norms.astype(np.float64)
     logits = classifier.finish(products.astype(np.float64) / np.maximum(norms, eps)[:, None])
     labels = logits.argmax(axis=1)
@@ -302,8 +303,7 @@ def _predict_block(classifier: Classifier, features: np.ndarray, columns: np.nda
         (norms >= _FLOAT32_RANGE[0]) & (norms <= _FLOAT32_RANGE[1])  # NaN rows are not safe
     unsure = np.flatnonzero(~safe)
     if len(unsure):
-        with _one_thread():
-            labels[unsure] = classifier.logits(features[unsure]).argmax(axis=1)
+        labels[unsure] = classifier.logits(features[unsure]).argmax(axis=1)
     return labels
 
 
@@ -314,10 +314,26 @@ def _predict_blocks(classifier: Classifier, features: np.ndarray, block: int, co
     if features.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {features.shape}")
     out = np.empty(features.shape[0], dtype=np.int64)
-    for start in range(0, features.shape[0], block):
-        part = features[start:start + block]
-        out[start:start + block] = (classifier.logits(part).argmax(axis=1) if columns is None
-                                    else _predict_block(classifier, part, columns, offsets))
+    starts = range(0, features.shape[0], block)
+    if columns is None:
+        for start in starts:
+            out[start:start + block] = classifier.logits(features[start:start + block]).argmax(axis=1)
+        return out
+
+    # Blocks of rows spread over the cores, each product on one BLAS thread (numpy and torch
+    # release the GIL): the cores work on different rows instead of spinning in a shared product.
+    cores = os.cpu_count() or 1
+    block = max(1, min(block, -(-features.shape[0] // cores)))
+
+    errors = np.geterr()  # the caller's floating-point error handling: a worker thread starts without it
+
+    def label_block(start: int) -> None:
+        with np.errstate(**errors):
+            out[start:start + block] = _predict_block(classifier, features[start:start + block], columns, offsets)
+
+    starts = range(0, features.shape[0], block)
+    with _one_thread(), ThreadPoolExecutor(max(1, min(len(starts), cores))) as pool:
+        list(pool.map(label_block, starts))
     return out
 
 
