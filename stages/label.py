@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     folders = split_folders(params, args.split)
     split, out = folders.split, folders.predictions
     with summary("label") as facts:
-        features = PointFeatureReader(folders.point_features)
+        features = PointFeatureReader(folders.point_features, reuse_buffers=True)  # one scan at a time
         # Each teacher's feature stores of the split; with several teachers, one classifier per
         # teacher over its head's columns, fused as `label.fusion` says (pipeline/labelling/fusion.py).
         stores = [(RaggedReader(teacher_features_folder(name) / split / "patches"),

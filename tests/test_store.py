@@ -298,6 +298,22 @@ def test_direct_read_decodes_what_zarr_decodes(tmp_path):
         RaggedReader(path).read(scans[1][0])
 
 
+def test_reused_buffers_read_the_same_arrays_and_the_next_read_overwrites_them(tmp_path):
+    """`reuse_buffers` (the label stage's reads): every scan reads back as without it, in any
+    order, the buffer growing for a larger scan; what a read returned is the next read's."""
+    scans = _scans()
+    path = _write(tmp_path / "store", scans, **SMALL)
+    reused, plain = RaggedReader(path, reuse_buffers=True), RaggedReader(path)
+    for scan_id, _ in [*scans, *reversed(scans)]:
+        got, expected = reused.read(scan_id), plain.read(scan_id)
+        for name in COLUMNS:
+            assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape
+            np.testing.assert_array_equal(got[name], expected[name])
+    first = reused.read(scans[2][0])["feature"]
+    second = reused.read(scans[4][0])["feature"]
+    assert np.shares_memory(first, second)  # the caller must be done with a scan before the next read
+
+
 @pytest.mark.parametrize("compressor", ["zstd", "lz4"])
 def test_either_codec_reads_back_the_same_arrays(tmp_path, compressor):
     """The writer's codec is its own choice (point_features writes lz4, the rest zstd): both

@@ -35,9 +35,11 @@ class PointFeatureReader:
     fingerprint they carry), or None when it holds full features.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reuse_buffers: bool = False) -> None:
+        """reuse_buffers: each `read` overwrites the arrays the previous one returned (faster; for
+        a caller done with a scan before it reads the next, `RaggedReader`)."""
         self.path = Path(path)
-        self.store = RaggedReader(self.path)
+        self.store = RaggedReader(self.path, reuse_buffers=reuse_buffers)
         pca = self.store.attributes.get("pca")
         self.basis: PcaBasis | None = (
             None if pca is None else load_basis(self.path.parent / pca["basis"], fingerprint=pca["fingerprint"]))

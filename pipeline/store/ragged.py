@@ -38,6 +38,7 @@ shards only, so the bytes depend on the data alone, never on how it was appended
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,8 +346,13 @@ class _ShardedColumn:
         blosc.decompress(frame, out)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop = rows.start, rows.stop
-        out = np.empty((stop - start, *self.inner_shape), dtype=self.dtype)
+        return self.read(rows.start, rows.stop)
+
+    def read(self, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        """Rows start .. stop - 1; decoded into the front of `buffer` (a flat array of this
+        column's dtype, large enough) when given, else into a new array."""
+        shape = (stop - start, *self.inner_shape)
+        out = np.empty(shape, dtype=self.dtype) if buffer is None else buffer[:math.prod(shape)].reshape(shape)
         spare = None
         for chunk in range(start // self.chunk_rows, -(-stop // self.chunk_rows)):
             first = chunk * self.chunk_rows
@@ -568,11 +574,17 @@ class RaggedReader:
         attributes: the writer's JSON metadata.
     """
 
-    def __init__(self, path: str | Path, direct: bool = True) -> None:
+    def __init__(self, path: str | Path, direct: bool = True, reuse_buffers: bool = False) -> None:
         """direct: read the writer's shards straight from their files (`_ShardedColumn`); False
-        reads every column through zarr (the reference the tests and the bench compare with)."""
+        reads every column through zarr (the reference the tests and the bench compare with).
+        reuse_buffers: `read` decodes each column into one buffer this reader keeps (grown as
+        needed), so the arrays it returns are overwritten by the next read: for a caller done
+        with a scan before it reads the next (labelling a split), it spares the fresh pages a
+        new array of every scan costs (~30% of decoding 1024-d features, bench/vocabulary.py)."""
         self.path = Path(path)
         self.direct = direct
+        self.reuse_buffers = reuse_buffers
+        self._buffers: dict[str, np.ndarray] = {}  # column -> flat buffer, with reuse_buffers
         if not self.path.is_dir():
             raise FileNotFoundError(f"no ragged store at {self.path}")
         self._store = LocalStore(self.path, read_only=True)
@@ -643,8 +655,20 @@ class RaggedReader:
             if key not in self._arrays:
                 self._arrays[key] = ((self.direct and _ShardedColumn.open(self.path / str(block) / name))
                                      or zarr.open_array(store=self._store, path=f"{block}/{name}", mode="r"))
-            out[name] = self._arrays[key][start:stop]
+            array = self._arrays[key]
+            if self.reuse_buffers and isinstance(array, _ShardedColumn):
+                out[name] = array.read(start, stop, self._buffer(name, stop - start))
+            else:
+                out[name] = array[start:stop]
         return out
+
+    def _buffer(self, name: str, rows: int) -> np.ndarray:
+        """The flat buffer of column `name`, grown to hold at least `rows` rows."""
+        spec = self.columns[name]
+        size = rows * math.prod(spec.inner_shape)
+        if name not in self._buffers or self._buffers[name].size < size:
+            self._buffers[name] = np.empty(size, dtype=spec.dtype)
+        return self._buffers[name]
 
     def read(self, scan_id: str, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The arrays of one scan (only the chunks its rows touch are read)."""
