@@ -6,7 +6,10 @@
 Reads the scans, assignments and teacher features (of every teacher: with `extra_teachers`,
 one head per teacher on the shared network, README "Several teachers") of the distillation
 split and of each entry of `distill_datasets` (merged into one training set, each dataset with its own
-intensity standardisation, as ScaLR+ merges nuScenes, SemanticKITTI and PandaSet); writes
+intensity standardisation, as ScaLR+ merges nuScenes, SemanticKITTI and PandaSet). With
+`distill.teacher_source: online` it reads no teacher features: it runs the first teacher
+(`teacher:`) on the cameras of the rows that teach, inside each step (pipeline/training/data.py,
+`OnlinePatches`; README, "Artifact sizes"). Writes
 cache/student/ (model.safetensors, config.json) and plots/distill/train_loss.csv (one row per
 optimiser step: step, epoch, lr, loss, pairs) and its picture plots/distill/train_loss.png,
 both declared as DVC plots. Only rank 0 writes.
@@ -32,6 +35,7 @@ from pipeline.distributed import launched
 from pipeline.precision import check_precision
 from pipeline.store.atomic import atomic_output
 from pipeline.students.io import save_student
+from pipeline.teachers import Teacher, build_teacher
 from pipeline.training.checkpoint import Checkpoints
 from pipeline.training.data import DistillationSet, SourceLoader, run_fingerprint
 from pipeline.training.loop import distill_student
@@ -56,14 +60,16 @@ from stages.common import (
 CHECKPOINT = CACHE / "distill_checkpoint"
 
 
-def distillation_set(params: Params) -> DistillationSet:
+def distillation_set(params: Params, online_teacher: Teacher | None = None) -> DistillationSet:
     """Every distillation source (`stages.common.distill_sources`) as one training set, read from
     its folders in cache/assignments and cache/teacher_features (and each extra teacher's in
-    cache/extra_teacher_features)."""
+    cache/extra_teacher_features); with `online_teacher`, its patch features come from that
+    teacher (`distill.teacher_source: online`), not from the store."""
     return DistillationSet([SourceLoader(source.key, open_reader(source.dataset, source.split),
                                          source.dataset.intensity_stats(), ASSIGNMENTS / source.key,
                                          TEACHER_FEATURES / source.key,
-                                         [teacher_features_folder(name) / source.key for name in params.extra_teachers])
+                                         [teacher_features_folder(name) / source.key for name in params.extra_teachers],
+                                         online_teacher)
                             for source in distill_sources(params)])
 
 
@@ -73,7 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.distill
     scratch = stage_scratch("distill")
     with summary("distill") as facts:
-        data = distillation_set(params)
+        online_teacher = None
+        if cfg.teacher_source == "online":
+            if params.extra_teachers:
+                raise ConfigError(f"{args.params}: distill.teacher_source: online runs the first teacher only, and "
+                                  f"extra_teachers lists {', '.join(params.extra_teachers)}; set "
+                                  "distill.teacher_source: store")
+            online_teacher = build_teacher(params.teacher)
+        data = distillation_set(params, online_teacher)
         arch = params.student.arch
         if params.student.out_channels != data.dim:
             widths = " + ".join(f"{dim} ({name})" for name, dim in zip(params.all_teachers, data.dims))
@@ -109,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             save_loss_curve([r.step for r in history], [r.loss for r in history], [r.lr for r in history], tmp)
         checkpoints.clear()  # the run is done; a finished checkpoint could only mislead a later run
         facts["read"] = ", ".join(f"{loader.key} {len(loader.assignments)} scans" for loader in data.loaders)
+        facts["teacher targets"] = ("computed online by the teacher, in the steps (distill.teacher_source: online)"
+                                    if online_teacher else "read from the teacher-feature store")
         facts["steps"] = len(history)
         facts["loss"] = f"{history[0].loss:.4f} -> {history[-1].loss:.4f}"
         facts["wrote"] = f"{STUDENT} ({human_size(STUDENT)}), {LOSS_LOG}, {LOSS_PICTURE}"

@@ -7,8 +7,10 @@ The `teacher_features` stage for every teacher of `extra_teachers` (README, "Sev
 teachers"): for each split of the assignments, writes
 cache/extra_teacher_features/<name>/<split key>/{patches,taps}, the same stores as
 cache/teacher_features/<split key>/ but from that teacher (a teacher of another patch size takes
-its patches from the assignments' pixels), and cache/extra_teacher_features/teachers.json (each
-name and its teacher id, written last; `{}` with no extra teacher). Runs on `teacher.device`.
+its patches from the assignments' pixels; in the encoding `teacher_features.encoding` says), and
+cache/extra_teacher_features/teachers.json (each name and its teacher id, written last; `{}` with
+no extra teacher). Runs on `teacher.device`. (`distill.teacher_source: online` runs the first
+teacher only, so these stores always keep their features.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                 counts = write_teacher_split(teacher, open_reader(source.dataset, source.split),
                                              RaggedReader(ASSIGNMENTS / source.key), out, world,
                                              params.assignments.mode, params.teacher_features.batch_size,
-                                             scratch, f"teacher {name} {source.key}")
+                                             scratch, f"teacher {name} {source.key}",
+                                             params.teacher_features.encoding)
                 facts[f"{name} {source.key}"] = (f"{counts['scans']} scans, {counts['images']} images, "
                                                  f"{counts['patches']} patches kept, {human_size(out)}")
         if world.is_main:  # last: its presence says every store above is complete

@@ -45,6 +45,7 @@ from pipeline.labelling.fusion import fit_ensemble
 from pipeline.labelling.point_features import PointFeatureReader
 from pipeline.labelling.regions import region_labels
 from pipeline.store.ragged import RaggedReader, RaggedWriter
+from pipeline.teachers.patch_encoding import patch_feature_dim, read_patch_features
 from stages.common import (
     add_split_option,
     split_folders,
@@ -64,7 +65,7 @@ from stages.common import (
 def pixel_rows(patches: RaggedReader, taps: RaggedReader, scan_id: str) -> torch.Tensor:
     """One teacher's (A, D) feature at each assignment row of a scan."""
     tap = taps.read(scan_id)
-    return combine_taps(torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]),
+    return combine_taps(torch.from_numpy(read_patch_features(patches, scan_id)),
                         torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         classifier = (fit_from_templates(TEMPLATES_FILE, params.class_names, params.label.method)
                       if len(params.all_teachers) == 1 else fit_ensemble(
                           {name: template_file(name) for name in params.all_teachers},
-                          {name: patches.columns["feature"].inner_shape[0]
+                          {name: patch_feature_dim(patches)
                            for name, (patches, _) in zip(params.all_teachers, stores)},
                           params.class_names, params.label.method, params.label.fusion, params.label.temperature,
                           params.section("capability", CapabilityConfig).folds, features.heads,

@@ -20,6 +20,7 @@ from pipeline.assignments import combine_taps, per_point_mean
 from pipeline.datasets.base import IGNORE_LABEL, IntensityStats, ScanReader, ScanRecord
 from pipeline.labelling.point_features import PointFeatureReader
 from pipeline.store.ragged import RaggedReader
+from pipeline.teachers.patch_encoding import patch_feature_dim, read_patch_features
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ class TeacherPointFeatures:
         self.assignments = RaggedReader(assignments)
         self.patches = RaggedReader(teacher_features / "patches")
         self.taps = RaggedReader(teacher_features / "taps")
-        self.dim = self.patches.columns["feature"].inner_shape[0]
+        self.dim = patch_feature_dim(self.patches)
 
     def __call__(self, scan_id: str, num_points: int) -> tuple[np.ndarray, np.ndarray]:
         tap = self.taps.read(scan_id)
-        pixel = combine_taps(torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
+        pixel = combine_taps(torch.from_numpy(read_patch_features(self.patches, scan_id)),
                              torch.from_numpy(tap["tap"]), torch.from_numpy(tap["weight"]))
         point_index, mean = per_point_mean(self.assignments.read(scan_id, ["point_index"])["point_index"], pixel)
         teacher = np.zeros((num_points, self.dim), dtype=np.float32)

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -86,9 +86,13 @@ class TemplateFeaturesConfig:
 
 @dataclass(frozen=True)
 class TeacherFeaturesConfig:
-    """The `teacher_features` stage: camera images the teacher encodes per batch."""
+    """The `teacher_features` stage (and `extra_teacher_features`): camera images the teacher
+    encodes per batch, and how the patch features are stored (`pipeline.teachers.patch_encoding`):
+    fp16 (lossless for the fp16 targets) or int8 (one int8 per channel and a float32 scale per
+    patch, max|x| / 127: about half the bytes, the error at most half a step)."""
 
     batch_size: int = 6
+    encoding: Literal["fp16", "int8"] = "fp16"
 
     def __post_init__(self) -> None:
         require(self, positive=("batch_size",))

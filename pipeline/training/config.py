@@ -12,6 +12,7 @@ CameraRule = Literal["per_scan_epoch", "per_point_fixed", "per_point_epoch"]
 PointsRule = Literal["taught", "scan"]
 CapRule = Literal["ball", "uniform"]
 ScheduleRule = Literal["reference", "shifted"]
+TeacherSource = Literal["store", "online"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class DistillConfig:
     teacher_weights: with several teachers (`extra_teachers`), the weight of each teacher's
     head in the loss (a weighted sum), by teacher name (`teacher` for the `teacher:` section);
     a teacher not named weighs 1.
+    teacher_source: where the teacher targets come from. store: the patch features the
+    teacher_features stage cached (cache/teacher_features); online (the reference's way): no
+    feature store for the distillation sources, the first teacher (`teacher:`) runs inside each
+    step on the cameras of the rows that teach, its features rounded to fp16 as the store keeps
+    them, so the targets are the store's (README, "Artifact sizes"). Online runs the first
+    teacher only: with `extra_teachers` it is refused.
     """
 
     epochs: int = 65
@@ -74,6 +81,7 @@ class DistillConfig:
     gradient_checkpointing: bool = False
     checkpoint_every_epochs: int = 1
     teacher_weights: dict[str, float] = field(default_factory=dict)
+    teacher_source: TeacherSource = "store"
 
     def __post_init__(self) -> None:
         for name, weight in self.teacher_weights.items():

@@ -3,7 +3,9 @@
 * `DistillSample`: one training scan and the teacher targets of its (point, camera) pairs, in
   their compact cached form (which pairs teach in a step: `pipeline.training.recipe`).
 * `SourceLoader`: the samples of one distillation source (a split of one dataset), from its
-  assignment store and its teacher-feature stores (`patches`, `taps`).
+  assignment store and its teacher-feature stores (`patches`, `taps`);
+* `OnlinePatches`: with `distill.teacher_source: online`, a sample's patch features computed by
+  the teacher on the cameras the requested rows read, instead of read from the store.
 * `DistillationSet`: every source as one training set, what the loop (`pipeline.training.loop`)
   draws from.
 * `run_fingerprint`: what makes two distillation runs one run, hashed, so a checkpoint of
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,47 @@ from pipeline.datasets.base import ScanReader
 from pipeline.store.ragged import RaggedReader
 from pipeline.students import StudentConfig
 from pipeline.datasets.base import IntensityStats
+from pipeline.teachers.base import Teacher
+from pipeline.teachers.encoding import scan_patch_features
+from pipeline.teachers.patch_encoding import patch_feature_dim, read_patch_features, require_patch_features
 from pipeline.training.config import DistillConfig
+
+
+class OnlinePatches:
+    """One scan's patch features from the teacher itself (`distill.teacher_source: online`):
+    the rows of the `patches` store, filled camera by camera when a step first asks for a row of
+    that camera, each camera encoded once per sample (with ScaLR+'s per_scan_epoch, one camera per
+    scan and step). Rounded to fp16, as an fp16 store keeps them, so the targets are the store's
+    (bit for bit where the teacher's forward does not depend on its batch). Runs outside any
+    autocast of the training step: the teacher's own `precision` applies, as in teacher_features.
+
+    teacher: the first teacher (`teacher:`); cameras: the scan's (`ScanRecord.cameras`);
+    patch_id: the store's flat patch ids of the scan (camera * h * w + patch).
+    """
+
+    def __init__(self, teacher: Teacher, cameras: Sequence, patch_id: np.ndarray) -> None:
+        self.teacher = teacher
+        self.cameras = cameras
+        self.patch_id = patch_id.astype(np.int64)
+        self.camera = self.patch_id // (teacher.grid_size[0] * teacher.grid_size[1])
+        self.features = torch.zeros(len(patch_id), teacher.embed_dim, dtype=torch.float16)
+        self.encoded = np.zeros(0, dtype=np.int64)  # the cameras whose rows are filled
+        self.images = 0  # teacher forwards run, one per image
+
+    def covering(self, tap: torch.Tensor) -> torch.Tensor:
+        """(U, D) float16 features whose rows `tap` reads are the teacher's (the others may be zeros)."""
+        wanted = np.unique(self.camera[np.unique(tap.numpy())])
+        new = np.setdiff1d(wanted, self.encoded)
+        if len(new):
+            rows = np.flatnonzero(np.isin(self.camera, new))
+            with ExitStack() as stack:  # the training step's autocast must not reach the teacher
+                for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+                features = scan_patch_features(self.teacher, self.cameras, self.patch_id[rows], len(new))
+            self.features[torch.from_numpy(rows)] = features.half()
+            self.encoded = np.union1d(self.encoded, new)
+            self.images += len(new)
+        return self.features
 
 
 @dataclass(frozen=True)
@@ -42,7 +85,8 @@ class DistillSample:
         distillation set has its own).
     point_index, camera: int64 (A,) the point and camera of each assignment row (every pair
         that passes the visibility rules, sorted by point then camera).
-    patch_features: (U, D) teacher features of the patches the assignments read.
+    patch_features: (U, D) teacher features of the patches the assignments read, or the
+        `OnlinePatches` that compute them (`distill.teacher_source: online`).
     tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
         weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
         training step keeps, a few thousand of the scan's tens of thousands.
@@ -54,7 +98,7 @@ class DistillSample:
     intensity_stats: IntensityStats
     point_index: np.ndarray
     camera: np.ndarray
-    patch_features: torch.Tensor
+    patch_features: torch.Tensor | OnlinePatches
     tap: torch.Tensor
     weight: torch.Tensor
     extra: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] = ()
@@ -63,7 +107,10 @@ class DistillSample:
         """(len(rows), D) float32 teacher features of the given assignment rows; with extra
         teachers, every teacher's features side by side (D the sum of their widths)."""
         index = torch.from_numpy(rows)
-        first = combine_taps(self.patch_features, self.tap[index], self.weight[index])
+        patches = self.patch_features
+        if isinstance(patches, OnlinePatches):
+            patches = patches.covering(self.tap[index])
+        first = combine_taps(patches, self.tap[index], self.weight[index])
         if not self.extra:
             return first
         return torch.cat([first, *(combine_taps(features, tap[index], weight[index])
@@ -79,10 +126,14 @@ class SourceLoader:
     assignments: its assignment store; teacher_features: the folder of its teacher-feature
         stores, `patches` and `taps`; extra_teacher_features: the same folder of each extra
         teacher, in teacher order.
+    online_teacher: the first teacher, to compute the patch features inside the steps
+        (`distill.teacher_source: online`; its store then needs only the patch ids); None: read
+        them from the store, which must hold them.
     """
 
     def __init__(self, key: str, reader: ScanReader, intensity_stats: IntensityStats, assignments: Path,
-                 teacher_features: Path, extra_teacher_features: Sequence[Path] = ()) -> None:
+                 teacher_features: Path, extra_teacher_features: Sequence[Path] = (),
+                 online_teacher: Teacher | None = None) -> None:
         self.key = key
         self.reader = reader
         self.intensity_stats = intensity_stats
@@ -91,20 +142,37 @@ class SourceLoader:
         self.taps = RaggedReader(teacher_features / "taps")
         self.extra = [(RaggedReader(folder / "patches"), RaggedReader(folder / "taps"))
                       for folder in extra_teacher_features]
-        self.dims = tuple(patches.columns["feature"].inner_shape[0]
-                          for patches in [self.patches, *(patches for patches, _ in self.extra)])
+        self.online_teacher = online_teacher
+        if online_teacher is None:
+            require_patch_features(self.patches)
+        else:
+            if self.extra:
+                raise ValueError("distill.teacher_source: online runs the first teacher only; with "
+                                 "extra_teachers set distill.teacher_source: store")
+            if online_teacher.teacher_id != self.patches.attributes.get("teacher"):
+                raise ValueError(f"{self.patches.path}: made for teacher {self.patches.attributes.get('teacher')!r}, "
+                                 f"not the `teacher:` of params.yaml ({online_teacher.teacher_id!r}); "
+                                 "rerun `dvc repro teacher_features`")
+        for patches, _ in self.extra:
+            require_patch_features(patches)
+        self.dims = tuple(patch_feature_dim(patches) for patches in [self.patches, *(p for p, _ in self.extra)])
         self.dim = sum(self.dims)
 
     def __call__(self, scan_id: str) -> DistillSample:
-        points = self.reader.read(scan_id).points
+        record = self.reader.read(scan_id)
         rows = self.assignments.read(scan_id, ["point_index", "camera"])
         taps = self.taps.read(scan_id)
+        if self.online_teacher is None:
+            patch_features = torch.from_numpy(read_patch_features(self.patches, scan_id))
+        else:
+            patch_features = OnlinePatches(self.online_teacher, record.cameras,
+                                           self.patches.read(scan_id, ["patch_id"])["patch_id"])
         return DistillSample(
-            points=points,
+            points=record.points,
             intensity_stats=self.intensity_stats,
             point_index=rows["point_index"].astype(np.int64),
             camera=rows["camera"].astype(np.int64),
-            patch_features=torch.from_numpy(self.patches.read(scan_id, ["feature"])["feature"]),
+            patch_features=patch_features,
             tap=torch.from_numpy(taps["tap"]),
             weight=torch.from_numpy(taps["weight"]),
             extra=tuple(self._extra_targets(patches, tap_store, scan_id) for patches, tap_store in self.extra),
@@ -113,7 +181,7 @@ class SourceLoader:
     @staticmethod
     def _extra_targets(patches: RaggedReader, taps: RaggedReader, scan_id: str):
         rows = taps.read(scan_id)
-        return (torch.from_numpy(patches.read(scan_id, ["feature"])["feature"]), torch.from_numpy(rows["tap"]),
+        return (torch.from_numpy(read_patch_features(patches, scan_id)), torch.from_numpy(rows["tap"]),
                 torch.from_numpy(rows["weight"]))
 
     def identity(self) -> list:
