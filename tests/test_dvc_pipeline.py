@@ -141,6 +141,17 @@ def test_noop_repro_reruns_nothing(reproduced):
     assert "Running stage" not in output
 
 
+def test_bytecode_python_writes_beside_the_code_reruns_nothing(reproduced):
+    """Python writes `__pycache__/*.pyc` into the code folders the stages depend on (wherever
+    PYTHONDONTWRITEBYTECODE is not set, i.e. for most users); .dvcignore keeps them out of the
+    dependency hashes, or every `dvc repro` after the first would rerun the chain."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import stages.distill, stages.label, stages.evaluate"],
+                   cwd=reproduced, env=env, check=True)
+    assert list((reproduced / "pipeline" / "store").glob("__pycache__/*.pyc"))
+    assert changed_stages(reproduced) == set()
+
+
 def test_prompt_change_reruns_only_that_class_and_what_follows(reproduced):
     original = (reproduced / "params.yaml").read_text()
     edit_params(reproduced, lambda p: p["vocabulary"]["car"].update(prompts=["a photo of a parked {}"]))
