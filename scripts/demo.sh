@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+unset PYTHONDONTWRITEBYTECODE  # bytecode written once, on first import (scripts/install.sh)
 export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 start=$(date +%s)
 dvc repro "$@"

@@ -13,12 +13,11 @@
 #     handed to uv as flags; that is how uv finds the same wheels as pip (here the CPU torch build
 #     that lies on disk). `--index-strategy unsafe-best-match` makes uv pick, like pip, the highest
 #     version over all indexes, not the first index that has the package.
-#   - uv writes no bytecode; Python then compiles every imported module again in each process
-#     when PYTHONDONTWRITEBYTECODE is set (about twice the import time). So compileall writes it
-#     once, in parallel on all cores (pip compiles every file, serially), skipping what is never
-#     imported: tests/ folders, and transformers' hundreds of model architectures
-#     but the few that diffusers' StableDiffusionPipeline imports (measured); a skipped module
-#     still imports, compiled on use.
+#   - uv writes no bytecode, and nothing here compiles the whole venv (compileall took 28 of the
+#     41 s of a fresh install, mostly for modules no stage imports). scripts/demo.sh and
+#     scripts/test.sh let Python write each module's bytecode the first time it is imported
+#     (they unset PYTHONDONTWRITEBYTECODE; .dvcignore keeps __pycache__ out of the stages' code
+#     dependencies), so what runs is compiled once and the rest never.
 #   - IGLOSS_INSTALLER=pip installs with pip alone, as before (slower; same environment).
 #
 # Install traps handled here (measured; see shared ENVIRONMENT.md):
