@@ -146,16 +146,6 @@ install -c "$constraints" -e ".[test,sparse]"
 echo "[install] nuscenes-devkit (--no-deps: it pins numpy<2 but runs on numpy 2)"
 install --no-deps nuscenes-devkit==1.2.0
 
-if [ "$INSTALLER" = uv ]; then
-  echo "[install] bytecode (compileall)"
-  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  # Exit status 1 is expected: a few files are written for newer Pythons (e.g. in torch.testing)
-  # and do not compile here; they are never imported.
-  keep='auto|clip|encoder_decoder|siglip|dinov2_with_registers|vit_mae'
-  "$VENV/bin/python" -m compileall -q -q -j 0 -x "/tests/|/transformers/models/(?!($keep)/)[^/]+/" \
-    "$site" || true
-fi
-
 vega_ok || install_vega
 
 echo "$wanted" > "$STAMP"
