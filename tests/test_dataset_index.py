@@ -205,7 +205,8 @@ def test_files_no_stage_reads_rerun_nothing(workspace):
 @pytest.mark.parametrize("kind, readers", [
     ("points", {"assignments", "distill", "point_features", "label", "evaluate"}),  # label: region pooling
     ("labels", {"evaluate"}),
-    ("cameras", {"assignments", "teacher_features", "extra_teacher_features", "evaluate"}),
+    # distill: with `distill.teacher_source: online` it runs the teacher on the camera images itself
+    ("cameras", {"assignments", "teacher_features", "extra_teacher_features", "distill", "evaluate"}),
 ])
 def test_a_file_replaced_in_place_reruns_the_stages_that_read_it(workspace, kind, readers):
     """Same bytes with a later mtime stand for a replaced file (a real change would rerun the chain)."""
