@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,16 +57,21 @@ def loader(folder, split: str = "train", online: bool = False, extra: int = 0) -
                         [folder / "cache/teacher_features" / split] * extra, teacher)
 
 
+def rerun_in_a_copy(chain: Path, folder: Path, stages: tuple[str, ...], **sections) -> Path:
+    """A copy of the small chain at `folder`, its params sections updated, `stages` run again."""
+    shutil.copytree(chain, folder, symlinks=True)
+    edit_params(folder, **sections)
+    with inside(folder):
+        for stage in stages:
+            run_stage(stage)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def int8_chain(chain, tmp_path_factory):
     """The small chain with its teacher features re-encoded as int8, labelled and evaluated again."""
-    folder = tmp_path_factory.mktemp("int8") / "chain"
-    shutil.copytree(chain, folder, symlinks=True)
-    edit_params(folder, teacher_features={"encoding": "int8"})
-    with inside(folder):
-        for stage in ("teacher_features", "label", "evaluate"):
-            run_stage(stage)
-    return folder
+    return rerun_in_a_copy(chain, tmp_path_factory.mktemp("int8") / "chain", ("teacher_features", "label", "evaluate"),
+                           teacher_features={"encoding": "int8"})
 
 
 # ------------------------------------------------------------------------------------ int8
@@ -157,13 +163,8 @@ def test_a_bad_encoding_or_teacher_source_names_its_key(tmp_path):
 @pytest.fixture(scope="module")
 def online_chain(chain, tmp_path_factory):
     """The small chain's teacher_features and distill rerun with `distill.teacher_source: online`."""
-    folder = tmp_path_factory.mktemp("online") / "chain"
-    shutil.copytree(chain, folder, symlinks=True)
-    edit_params(folder, distill={"teacher_source": "online"})
-    with inside(folder):
-        for stage in ("teacher_features", "distill"):
-            run_stage(stage)
-    return folder
+    return rerun_in_a_copy(chain, tmp_path_factory.mktemp("online") / "chain", ("teacher_features", "distill"),
+                           distill={"teacher_source": "online"})
 
 
 def test_online_targets_are_the_stores(chain, online_chain):
