@@ -31,6 +31,8 @@ columns, and their count is the store's attribute `dropped_points`.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     folders = split_folders(params, args.split)
     split, out = folders.split, folders.predictions
     with summary("label") as facts:
-        features = PointFeatureReader(folders.point_features, reuse_buffers=True)  # one scan at a time
+        # One scan at a time, decoded on every core: labelling a split is mostly decoding and one product.
+        features = PointFeatureReader(folders.point_features, reuse_buffers=True, decode_threads=os.cpu_count() or 1)
         # Each teacher's feature stores of the split; with several teachers, one classifier per
         # teacher over its head's columns, fused as `label.fusion` says (pipeline/labelling/fusion.py).
         stores = [(RaggedReader(teacher_features_folder(name) / split / "patches"),

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
+from pipeline.labelling import classifier as classifier_module
 from pipeline.labelling.classifier import (
     ClassifierMethod,
     LinearClassifier,
     NearestPrototypeClassifier,
     fit_classifier,
     fit_logistic,
+    _float32_products,
     fit_nearest_prototype,
     float32_margin,
     l2_normalize,
@@ -154,8 +157,26 @@ def test_float32_error_stays_within_its_bound():
     classifier = LinearClassifier(rng.standard_normal((16, 1024)) * 5, rng.standard_normal(16))
     features = (rng.standard_normal((4000, 1024)) * 300).astype(np.float16).astype(np.float32)
     exact = classifier.logits(features)
-    x = features @ classifier.weight.T.astype(np.float32)
-    approximate = x / np.linalg.norm(features, axis=1, keepdims=True) + classifier.bias
+    products, norms = np.empty((len(features), 16), np.float32), np.empty(len(features), np.float32)
+    # The path's own kernels: torch's float32 product and norm, a piece of rows at a time.
+    _float32_products(features, torch.from_numpy(classifier.weight.T.astype(np.float32)), products, norms,
+                      torch.empty((256, 1024)))
+    approximate = products / norms.astype(np.float64)[:, None] + classifier.bias
     error = np.abs(approximate - exact).max()
     bound = float32_margin(classifier.weight.T, classifier.bias) / 2
     assert 0 < error < bound
+
+
+def test_a_reduced_precision_float32_matmul_is_not_trusted(monkeypatch):
+    """torch may take float32 products through bf16 or TF32 when asked ("high"/"medium"), far
+    outside `float32_margin`: predict then labels all in float64."""
+    rng = np.random.default_rng(6)
+    classifier = _near_tie_classifier(rng, 256)
+    features = rng.standard_normal((500, 256)).astype(np.float16)
+    precision = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(classifier_module, "_float32_products", lambda *args: pytest.fail("took the float32 path"))
+    try:
+        torch.set_float32_matmul_precision("medium")
+        np.testing.assert_array_equal(classifier.predict(features), classifier.predict_float64(features))
+    finally:
+        torch.set_float32_matmul_precision(precision)

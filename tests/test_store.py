@@ -273,15 +273,17 @@ def test_reader_names_old_and_foreign_stores(tmp_path):
         RaggedReader(path)
 
 
-def test_direct_read_decodes_what_zarr_decodes(tmp_path):
+@pytest.mark.parametrize("decode_threads", [1, 3])
+def test_direct_read_decodes_what_zarr_decodes(tmp_path, decode_threads):
     """RaggedReader decodes the writer's shards itself: zarr must read the same arrays, also where
-    scans straddle chunks and shards and where chunks were left unwritten (only the fill value)."""
+    scans straddle chunks and shards and where chunks were left unwritten (only the fill value),
+    with chunks decoded one after another or side by side (`decode_threads`)."""
     scans = _scans()
     scans[3][1]["feature"][:] = 0  # 300 rows: whole chunks (16 rows) and shards (32) of zeros
     path = _write(tmp_path / "store", scans, **SMALL)
     shards = list((path / "0" / "feature" / "c").iterdir())
     assert len(shards) < -(-sum(len(a["camera"]) for _, a in scans) // 32)  # some were never written
-    direct, through_zarr = RaggedReader(path), RaggedReader(path, direct=False)
+    direct, through_zarr = RaggedReader(path, decode_threads=decode_threads), RaggedReader(path, direct=False)
     for scan_id, arrays in scans:
         got, expected = direct.read(scan_id), through_zarr.read(scan_id)
         for name in COLUMNS:
@@ -299,11 +301,12 @@ def test_direct_read_decodes_what_zarr_decodes(tmp_path):
 
 
 def test_reused_buffers_read_the_same_arrays_and_the_next_read_overwrites_them(tmp_path):
-    """`reuse_buffers` (the label stage's reads): every scan reads back as without it, in any
-    order, the buffer growing for a larger scan; what a read returned is the next read's."""
+    """`reuse_buffers` (the label stage's reads, chunks decoded on two threads): every scan reads
+    back as without it, in any order, the buffer growing for a larger scan; what a read returned
+    is the next read's."""
     scans = _scans()
     path = _write(tmp_path / "store", scans, **SMALL)
-    reused, plain = RaggedReader(path, reuse_buffers=True), RaggedReader(path)
+    reused, plain = RaggedReader(path, reuse_buffers=True, decode_threads=2), RaggedReader(path)
     for scan_id, _ in [*scans, *reversed(scans)]:
         got, expected = reused.read(scan_id), plain.read(scan_id)
         for name in COLUMNS:
@@ -325,6 +328,12 @@ def test_either_codec_reads_back_the_same_arrays(tmp_path, compressor):
     for reader in (RaggedReader(path), RaggedReader(path, direct=False)):
         for scan_id, arrays in scans:
             np.testing.assert_array_equal(reader.read(scan_id)["feature"], arrays["feature"].astype(np.float16))
+
+
+def test_decode_threads_below_one_is_refused(tmp_path):
+    path = _write(tmp_path / "store", _scans(), **SMALL)
+    with pytest.raises(ValueError, match="decode_threads must be at least 1, got 0"):
+        RaggedReader(path, decode_threads=0)
 
 
 def test_unknown_codec_is_refused_naming_the_choices(tmp_path):

@@ -21,9 +21,10 @@ of the demo's points, 0.8% of random features). Where the float32 margin exceeds
 both argmaxes are provably the same; a row recomputed in float64 gets the reference's logits
 up to BLAS rounding, which depends on how many rows one product holds (~1e-13 here), so only
 rows whose reference logits tie within that can differ, as they already did between two
-block sizes of the reference (`predict_float64`). At nuScenes width (1024-d fp16, 16
-classes) this labels in 1.3 us per point on one core here against 4.3 in float64
-(bench/vocabulary.py).
+block sizes of the reference (`predict_float64`). Blocks of rows are labelled on every core
+side by side; at nuScenes width (1024-d fp16, 16 classes) decoding and labelling take ~1 us
+per point on this 2-core machine against ~8 for the float64 path over zarr
+(`python -m bench --only vocabulary`, the relabel row).
 
 Matching the reference on current scikit-learn: scikit-learn >= 1.8 refuses liblinear on
 three or more classes. Older versions ran liblinear's own one-vs-rest there, which
@@ -36,8 +37,9 @@ scikit-learn version (the tests compare it with liblinear's native one-vs-rest).
 from __future__ import annotations
 
 import enum
-import os
 import functools
+import os
+import threading
 import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,9 +61,11 @@ if TYPE_CHECKING:  # scikit-learn is imported where a classifier is fitted, not 
 
 # Rows per block when labelling: bounds the float64 work arrays to ~ block x max(D, M).
 _PREDICT_BLOCK = 16384
-# Rows per float32 piece of the fast path: 4 MiB of float32 at D = 1024, so the piece stays in
-# cache between its conversion, its product and its norms.
-_FLOAT32_ROWS = 1024
+# Rows per float32 piece of the fast path: 1 MiB of float32 at D = 1024, so the piece stays in a
+# core's L2 cache (2 MiB here) between its conversion, its product and its norms.
+_FLOAT32_ROWS = 256
+# Rows per block of the float32 path (a task of the thread pool): its float64 work arrays stay in cache.
+_FLOAT32_BLOCK = 16384
 # The float32 path takes rows whose float32 norm lies in this range (and columns whose norms do):
 # its error bound assumes no float32 overflow and only negligible underflow. Other rows (all-zero
 # ones, say) are computed in float64.
@@ -267,39 +271,63 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _float32_products(features: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, M) float32 products with float32 columns and (N,) float32 norms of float16/32 features.
+def _float32_products(features: np.ndarray, matrix: torch.Tensor, products: np.ndarray, norms: np.ndarray,
+                      piece: torch.Tensor) -> None:
+    """Fill `products` (N, M) with the float32 products of float16/32 `features` (N, D) and the
+    (D, M) float32 `matrix`, and `norms` (N,) with their float32 norms.
 
-    Converts `_FLOAT32_ROWS` rows at a time through torch (its fp16 cast is vectorised, numpy's
-    is ~10x slower), so each piece is multiplied while in cache; the products are numpy's
-    float32 BLAS (standard sgemm: no reduced-precision mode).
+    Converts the rows into `piece` (a (R, D) float32 work buffer, R rows at a time: torch's fp16
+    cast is vectorised, numpy's ~10x slower), so each piece is multiplied and its norms taken
+    while in cache. The product is torch's float32 matmul (MKL: ~1.5x numpy's OpenBLAS on this
+    skinny (N, 1024) x (1024, 16) shape), which `_float32_matmul_is_ieee` checks is not allowed a
+    reduced-precision mode.
     """
     array = np.ascontiguousarray(features)
     source = torch.from_numpy(array if array.flags.writeable else array.copy())  # torch wants writeable
-    piece = torch.empty((min(_FLOAT32_ROWS, len(features)), features.shape[1]), dtype=torch.float32)
-    products = np.empty((len(features), columns.shape[1]), dtype=np.float32)
-    squares = np.empty(len(features), dtype=np.float32)
-    for start in range(0, len(features), _FLOAT32_ROWS):
-        rows = piece[:min(_FLOAT32_ROWS, len(features) - start)]
+    products_out, norms_out = torch.from_numpy(products), torch.from_numpy(norms)
+    for start in range(0, len(features), len(piece)):
+        rows = piece[:min(len(piece), len(features) - start)]
         rows.copy_(source[start:start + len(rows)])
-        values = rows.numpy()
-        np.matmul(values, columns, out=products[start:start + len(rows)])
-        np.einsum("ij,ij->i", values, values, out=squares[start:start + len(rows)])
-    return products, np.sqrt(squares)
+        torch.mm(rows, matrix, out=products_out[start:start + len(rows)])
+        torch.linalg.vector_norm(rows, dim=1, out=norms_out[start:start + len(rows)])
 
 
-def _predict_block(classifier: Classifier, features: np.ndarray, columns: np.ndarray, offsets: np.ndarray,
-                   eps: float = 1e-12) -> np.ndarray:
-    """The argmax of `classifier.logits(features)`: float32 where its margin is safe, else float64."""
-    norms_ok = np.isfinite(columns).all() and np.linalg.norm(columns, axis=0).max() <= _FLOAT32_RANGE[1]
-    if features.dtype not in (np.float16, np.float32) or classifier.num_classes < 2 or not norms_ok:
-        return classifier.logits(features).argmax(axis=1)
-    products, norms = _float32_products(features, columns.astype(np.float32))
+def _float32_matmul_is_ieee() -> bool:
+    """Whether torch's float32 matmul is plain float32 (the default "highest" precision):
+    "high" or "medium" let it use bf16 or TF32 pieces, outside `float32_margin`'s bound."""
+    return torch.get_float32_matmul_precision() == "highest"
+
+
+@dataclass(frozen=True)
+class _Float32Path:
+    """What every block of the float32 path shares, computed once per `predict` call."""
+
+    matrix: torch.Tensor  # (D, M) the float32-rounded columns
+    margin: float         # `float32_margin` of the columns and offsets
+
+    @classmethod
+    def of(cls, classifier: Classifier, features: np.ndarray, columns: np.ndarray,
+           offsets: np.ndarray) -> _Float32Path | None:
+        """None where the float32 path does not apply: features neither fp16 nor float32 (not
+        exact in float32), fewer than two classes, columns outside `_FLOAT32_RANGE` or a torch
+        float32 matmul allowed a reduced precision."""
+        norms_ok = np.isfinite(columns).all() and np.linalg.norm(columns, axis=0).max() <= _FLOAT32_RANGE[1]
+        if (features.dtype not in (np.float16, np.float32) or classifier.num_classes < 2 or not norms_ok
+                or not _float32_matmul_is_ieee()):
+            return None
+        return cls(torch.from_numpy(np.ascontiguousarray(columns, dtype=np.float32)), float32_margin(columns, offsets))
+
+
+def _predict_block(classifier: Classifier, features: np.ndarray, path: _Float32Path, products: np.ndarray,
+                   norms: np.ndarray, piece: torch.Tensor, eps: float = 1e-12) -> np.ndarray:
+    """The argmax of `classifier.logits(features)`: float32 where its margin is safe, else float64.
+    products, norms, piece: the block's work buffers (`_float32_products`)."""
+    _float32_products(features, path.matrix, products, norms, piece)
     norms = norms.astype(np.float64)
-    logits = classifier.finish(products.astype(np.float64) / np.maximum(norms, eps)[:, None])
+    logits = classifier.finish(np.divide(products, np.maximum(norms, eps)[:, None]))  # float64, as the reference
     labels = logits.argmax(axis=1)
     top2 = np.partition(logits, -2, axis=1)[:, -2:]
-    safe = (top2[:, 1] - top2[:, 0] > float32_margin(columns, offsets)) & \
+    safe = (top2[:, 1] - top2[:, 0] > path.margin) & \
         (norms >= _FLOAT32_RANGE[0]) & (norms <= _FLOAT32_RANGE[1])  # NaN rows are not safe
     unsure = np.flatnonzero(~safe)
     if len(unsure):
@@ -314,22 +342,30 @@ def _predict_blocks(classifier: Classifier, features: np.ndarray, block: int, co
     if features.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {features.shape}")
     out = np.empty(features.shape[0], dtype=np.int64)
-    starts = range(0, features.shape[0], block)
-    if columns is None:
-        for start in starts:
+    path = None if columns is None else _Float32Path.of(classifier, features, columns, offsets)
+    if path is None:
+        for start in range(0, features.shape[0], block):
             out[start:start + block] = classifier.logits(features[start:start + block]).argmax(axis=1)
         return out
 
     # Blocks of rows spread over the cores, each product on one BLAS thread (numpy and torch
     # release the GIL): the cores work on different rows instead of spinning in a shared product.
+    # Blocks of at most `_FLOAT32_BLOCK` rows keep each one's work arrays in cache.
     cores = os.cpu_count() or 1
-    block = max(1, min(block, -(-features.shape[0] // cores)))
+    block = max(1, min(block, _FLOAT32_BLOCK, -(-features.shape[0] // cores)))
 
     errors = np.geterr()  # the caller's floating-point error handling: a worker thread starts without it
+    # Work buffers made once per call, not per block: fresh pages cost more than the product.
+    products = np.empty((features.shape[0], path.matrix.shape[1]), dtype=np.float32)
+    norms = np.empty(features.shape[0], dtype=np.float32)
+    pieces = threading.local()  # each worker thread's (R, D) float32 conversion buffer
 
     def label_block(start: int) -> None:
+        if not hasattr(pieces, "rows"):
+            pieces.rows = torch.empty((min(_FLOAT32_ROWS, block), features.shape[1]), dtype=torch.float32)
+        rows = slice(start, start + block)
         with np.errstate(**errors):
-            out[start:start + block] = _predict_block(classifier, features[start:start + block], columns, offsets)
+            out[rows] = _predict_block(classifier, features[rows], path, products[rows], norms[rows], pieces.rows)
 
     starts = range(0, features.shape[0], block)
     with _one_thread(), ThreadPoolExecutor(max(1, min(len(starts), cores))) as pool:

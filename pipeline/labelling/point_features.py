@@ -35,11 +35,12 @@ class PointFeatureReader:
     fingerprint they carry), or None when it holds full features.
     """
 
-    def __init__(self, path: Path, reuse_buffers: bool = False) -> None:
+    def __init__(self, path: Path, reuse_buffers: bool = False, decode_threads: int = 1) -> None:
         """reuse_buffers: each `read` overwrites the arrays the previous one returned (faster; for
-        a caller done with a scan before it reads the next, `RaggedReader`)."""
+        a caller done with a scan before it reads the next, `RaggedReader`). decode_threads:
+        threads decoding one scan's chunks side by side."""
         self.path = Path(path)
-        self.store = RaggedReader(self.path, reuse_buffers=reuse_buffers)
+        self.store = RaggedReader(self.path, reuse_buffers=reuse_buffers, decode_threads=decode_threads)
         pca = self.store.attributes.get("pca")
         self.basis: PcaBasis | None = (
             None if pca is None else load_basis(self.path.parent / pca["basis"], fingerprint=pca["fingerprint"]))

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -286,6 +288,7 @@ class _ShardedColumn:
         self.chunks_per_shard = chunks_per_shard
         self.fill_value = fill_value
         self._indexes: dict[int, np.ndarray | None] = {}  # shard -> (chunks, 2) offsets and sizes
+        self._frames: queue.SimpleQueue[bytearray] = queue.SimpleQueue()  # frame buffers, one per decoding thread
 
     @classmethod
     def open(cls, folder: Path) -> _ShardedColumn | None:
@@ -336,34 +339,51 @@ class _ShardedColumn:
             out[...] = self.fill_value
             return
         offset, size = int(index[slot, 0]), int(index[slot, 1])
-        with open(self._shard_file(shard), "rb") as file:
-            file.seek(offset)
-            frame = file.read(size)
-        # blosc's frame header: uncompressed size at bytes 4..8, frame size at 12..16.
-        if (len(frame) != size or int.from_bytes(frame[12:16], "little") != size
-                or int.from_bytes(frame[4:8], "little") != out.nbytes):
-            raise ValueError(f"{self._shard_file(shard)}: chunk {slot} is damaged (its blosc header)")
-        blosc.decompress(frame, out)
+        # The frame is read into a buffer kept for the next chunk: a new bytes object per chunk
+        # (MBs at 1024-d) costs fresh pages, about as long as the read itself.
+        frame = bytearray() if self._frames.empty() else self._frames.get()
+        if len(frame) < size:
+            frame = bytearray(size)
+        try:
+            view = memoryview(frame)[:size]
+            with open(self._shard_file(shard), "rb") as file:
+                file.seek(offset)
+                got = file.readinto(view)
+            # blosc's frame header: uncompressed size at bytes 4..8, frame size at 12..16.
+            if (got != size or int.from_bytes(view[12:16], "little") != size
+                    or int.from_bytes(view[4:8], "little") != out.nbytes):
+                raise ValueError(f"{self._shard_file(shard)}: chunk {slot} is damaged (its blosc header)")
+            blosc.decompress(view, out)
+        finally:
+            self._frames.put(frame)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         return self.read(rows.start, rows.stop)
 
-    def read(self, start: int, stop: int, buffer: np.ndarray | None = None) -> np.ndarray:
+    def read(self, start: int, stop: int, buffer: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
         """Rows start .. stop - 1; decoded into the front of `buffer` (a flat array of this
-        column's dtype, large enough) when given, else into a new array."""
+        column's dtype, large enough) when given, else into a new array. `threads` decode
+        chunks side by side (file reads and blosc release the GIL)."""
         shape = (stop - start, *self.inner_shape)
         out = np.empty(shape, dtype=self.dtype) if buffer is None else buffer[:math.prod(shape)].reshape(shape)
-        spare = None
-        for chunk in range(start // self.chunk_rows, -(-stop // self.chunk_rows)):
+
+        def decode(chunk: int) -> None:
             first = chunk * self.chunk_rows
             lo, hi = max(start, first), min(stop, first + self.chunk_rows)
             if hi - lo == self.chunk_rows:  # a whole chunk: decoded in place
                 self._decode(chunk, out[lo - start:hi - start])
-            else:
-                if spare is None:
-                    spare = np.empty((self.chunk_rows, *self.inner_shape), dtype=self.dtype)
+            else:  # at most the first and the last chunk
+                spare = np.empty((self.chunk_rows, *self.inner_shape), dtype=self.dtype)
                 self._decode(chunk, spare)
                 out[lo - start:hi - start] = spare[lo - first:hi - first]
+
+        chunks = range(start // self.chunk_rows, -(-stop // self.chunk_rows))
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+                list(pool.map(decode, chunks))
+        else:
+            for chunk in chunks:
+                decode(chunk)
         return out
 
 
@@ -574,14 +594,19 @@ class RaggedReader:
         attributes: the writer's JSON metadata.
     """
 
-    def __init__(self, path: str | Path, direct: bool = True, reuse_buffers: bool = False) -> None:
+    def __init__(self, path: str | Path, direct: bool = True, reuse_buffers: bool = False,
+                 decode_threads: int = 1) -> None:
         """direct: read the writer's shards straight from their files (`_ShardedColumn`); False
         reads every column through zarr (the reference the tests and the bench compare with).
         reuse_buffers: `read` decodes each column into one buffer this reader keeps (grown as
         needed), so the arrays it returns are overwritten by the next read: for a caller done
         with a scan before it reads the next (labelling a split), it spares the fresh pages a
-        new array of every scan costs (~30% of decoding 1024-d features, bench/vocabulary.py)."""
+        new array of every scan costs (~30% of decoding 1024-d features, bench/vocabulary.py).
+        decode_threads: threads decoding the chunks of one read side by side (direct reads)."""
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads}")
         self.path = Path(path)
+        self.decode_threads = decode_threads
         self.direct = direct
         self.reuse_buffers = reuse_buffers
         self._buffers: dict[str, np.ndarray] = {}  # column -> flat buffer, with reuse_buffers
@@ -656,8 +681,9 @@ class RaggedReader:
                 self._arrays[key] = ((self.direct and _ShardedColumn.open(self.path / str(block) / name))
                                      or zarr.open_array(store=self._store, path=f"{block}/{name}", mode="r"))
             array = self._arrays[key]
-            if self.reuse_buffers and isinstance(array, _ShardedColumn):
-                out[name] = array.read(start, stop, self._buffer(name, stop - start))
+            if isinstance(array, _ShardedColumn):
+                buffer = self._buffer(name, stop - start) if self.reuse_buffers else None
+                out[name] = array.read(start, stop, buffer, threads=self.decode_threads)
             else:
                 out[name] = array[start:stop]
         return out
