@@ -18,7 +18,7 @@ from stages.common import load_project_params
 from pipeline.datasets.nuscenes import NuScenesReader
 from pipeline.students.inputs import Augmentation, augment_points, ball_crop
 from pipeline.training.config import DistillConfig
-from pipeline.training.data import DistillSample
+from pipeline.training.data import DistillSample, StoredPatches
 from pipeline.training.loop import distill_student
 from pipeline.training.recipe import training_view
 from pipeline.training.sampling import global_batches, steps_per_epoch
@@ -54,7 +54,8 @@ def sample_of(points: np.ndarray, point_index: np.ndarray, camera: np.ndarray, d
     rows = len(point_index)
     return DistillSample(points=points, intensity_stats=NUSCENES_INTENSITY,
                          point_index=point_index.astype(np.int64), camera=camera.astype(np.int64),
-                         patch_features=torch.randn(max(rows, 1), dim, generator=torch.Generator().manual_seed(0)),
+                         patch_features=StoredPatches(torch.randn(max(rows, 1), dim,
+                                                                  generator=torch.Generator().manual_seed(0))),
                          tap=torch.from_numpy(np.repeat(np.arange(rows, dtype=np.int32)[:, None], 4, axis=1)),
                          weight=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(rows, 1))
 

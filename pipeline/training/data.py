@@ -38,6 +38,17 @@ from pipeline.teachers.patch_encoding import patch_feature_dim, read_patch_featu
 from pipeline.training.config import DistillConfig
 
 
+@dataclass(frozen=True)
+class StoredPatches:
+    """One scan's patch features as the `patches` store keeps them (`distill.teacher_source: store`)."""
+
+    features: torch.Tensor  # (U, D)
+
+    def covering(self, tap: torch.Tensor) -> torch.Tensor:
+        """(U, D) features: every row `tap` may read is already there."""
+        return self.features
+
+
 class OnlinePatches:
     """One scan's patch features from the teacher itself (`distill.teacher_source: online`):
     the rows of the `patches` store, filled camera by camera when a step first asks for a row of
@@ -85,8 +96,9 @@ class DistillSample:
         distillation set has its own).
     point_index, camera: int64 (A,) the point and camera of each assignment row (every pair
         that passes the visibility rules, sorted by point then camera).
-    patch_features: (U, D) teacher features of the patches the assignments read, or the
-        `OnlinePatches` that compute them (`distill.teacher_source: online`).
+    patch_features: the (U, D) teacher features of the patches the assignments read, as the
+        store keeps them (`StoredPatches`) or computed by the teacher when a step first needs
+        them (`OnlinePatches`, `distill.teacher_source: online`); both give them by `covering`.
     tap, weight: (A, 4) per assignment row, the rows of `patch_features` it combines and their
         weights (`pipeline.assignments.combine_taps`). Targets are only built for the points a
         training step keeps, a few thousand of the scan's tens of thousands.
@@ -98,7 +110,7 @@ class DistillSample:
     intensity_stats: IntensityStats
     point_index: np.ndarray
     camera: np.ndarray
-    patch_features: torch.Tensor | OnlinePatches
+    patch_features: StoredPatches | OnlinePatches
     tap: torch.Tensor
     weight: torch.Tensor
     extra: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] = ()
@@ -107,10 +119,7 @@ class DistillSample:
         """(len(rows), D) float32 teacher features of the given assignment rows; with extra
         teachers, every teacher's features side by side (D the sum of their widths)."""
         index = torch.from_numpy(rows)
-        patches = self.patch_features
-        if isinstance(patches, OnlinePatches):
-            patches = patches.covering(self.tap[index])
-        first = combine_taps(patches, self.tap[index], self.weight[index])
+        first = combine_taps(self.patch_features.covering(self.tap[index]), self.tap[index], self.weight[index])
         if not self.extra:
             return first
         return torch.cat([first, *(combine_taps(features, tap[index], weight[index])
@@ -163,7 +172,7 @@ class SourceLoader:
         rows = self.assignments.read(scan_id, ["point_index", "camera"])
         taps = self.taps.read(scan_id)
         if self.online_teacher is None:
-            patch_features = torch.from_numpy(read_patch_features(self.patches, scan_id))
+            patch_features = StoredPatches(torch.from_numpy(read_patch_features(self.patches, scan_id)))
         else:
             patch_features = OnlinePatches(self.online_teacher, record.cameras,
                                            self.patches.read(scan_id, ["patch_id"])["patch_id"])
