@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import enum
 import functools
-import os
-import threading
 import json
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -64,8 +63,6 @@ _PREDICT_BLOCK = 16384
 # Rows per float32 piece of the fast path: 1 MiB of float32 at D = 1024, so the piece stays in a
 # core's L2 cache (2 MiB here) between its conversion, its product and its norms.
 _FLOAT32_ROWS = 256
-# Rows per block of the float32 path (a task of the thread pool): its float64 work arrays stay in cache.
-_FLOAT32_BLOCK = 16384
 # The float32 path takes rows whose float32 norm lies in this range (and columns whose norms do):
 # its error bound assumes no float32 overflow and only negligible underflow. Other rows (all-zero
 # ones, say) are computed in float64.
@@ -319,9 +316,10 @@ class _Float32Path:
 
 
 def _predict_block(classifier: Classifier, features: np.ndarray, path: _Float32Path, products: np.ndarray,
-                   norms: np.ndarray, piece: torch.Tensor, eps: float = 1e-12) -> np.ndarray:
+                   norms: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """The argmax of `classifier.logits(features)`: float32 where its margin is safe, else float64.
-    products, norms, piece: the block's work buffers (`_float32_products`)."""
+    products, norms: the block's rows of the call's work arrays (`_float32_products`)."""
+    piece = torch.empty((min(_FLOAT32_ROWS, len(features)), features.shape[1]), dtype=torch.float32)
     _float32_products(features, path.matrix, products, norms, piece)
     norms = norms.astype(np.float64)
     logits = classifier.finish(np.divide(products, np.maximum(norms, eps)[:, None]))  # float64, as the reference
@@ -350,22 +348,17 @@ def _predict_blocks(classifier: Classifier, features: np.ndarray, block: int, co
 
     # Blocks of rows spread over the cores, each product on one BLAS thread (numpy and torch
     # release the GIL): the cores work on different rows instead of spinning in a shared product.
-    # Blocks of at most `_FLOAT32_BLOCK` rows keep each one's work arrays in cache.
     cores = os.cpu_count() or 1
-    block = max(1, min(block, _FLOAT32_BLOCK, -(-features.shape[0] // cores)))
+    block = max(1, min(block, -(-features.shape[0] // cores)))
 
     errors = np.geterr()  # the caller's floating-point error handling: a worker thread starts without it
-    # Work buffers made once per call, not per block: fresh pages cost more than the product.
     products = np.empty((features.shape[0], path.matrix.shape[1]), dtype=np.float32)
     norms = np.empty(features.shape[0], dtype=np.float32)
-    pieces = threading.local()  # each worker thread's (R, D) float32 conversion buffer
 
     def label_block(start: int) -> None:
-        if not hasattr(pieces, "rows"):
-            pieces.rows = torch.empty((min(_FLOAT32_ROWS, block), features.shape[1]), dtype=torch.float32)
         rows = slice(start, start + block)
         with np.errstate(**errors):
-            out[rows] = _predict_block(classifier, features[rows], path, products[rows], norms[rows], pieces.rows)
+            out[rows] = _predict_block(classifier, features[rows], path, products[rows], norms[rows])
 
     starts = range(0, features.shape[0], block)
     with _one_thread(), ThreadPoolExecutor(max(1, min(len(starts), cores))) as pool:
